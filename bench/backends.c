@@ -1,0 +1,9 @@
+/* backends.c: the list of `strata bench` backends (see src/cli/bench.h). */
+#include "bench.h"
+
+extern const strata_bench_backend strata_bench_metrics;
+
+const strata_bench_backend *const strata_bench_backends[] = {
+    &strata_bench_metrics,
+    NULL,
+};

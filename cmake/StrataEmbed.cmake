@@ -1,0 +1,20 @@
+# strata_embed_files(<out-var> <symbol-prefix> <files...>)
+# Generates one C source that embeds text files (Lua scripts, the dashboard
+# page) so the binary needs nothing from the source tree at run time, and
+# returns its path in <out-var> (add it to a target's sources).  The source
+# defines `const strata_embedded <prefix>_table[]` (see strata/embedded.h),
+# terminated by an all-zero row.  With no files it sets <out-var> empty.
+function(strata_embed_files outvar prefix)
+  if(NOT ARGN)
+    set(${outvar} "" PARENT_SCOPE)
+    return()
+  endif()
+  set(out "${CMAKE_CURRENT_BINARY_DIR}/${prefix}_embedded.c")
+  add_custom_command(
+    OUTPUT "${out}"
+    COMMAND ${CMAKE_COMMAND} -DOUT=${out} -DPREFIX=${prefix} "-DFILES=${ARGN}"
+            -P "${PROJECT_SOURCE_DIR}/cmake/embed.cmake"
+    DEPENDS ${ARGN} "${PROJECT_SOURCE_DIR}/cmake/embed.cmake"
+    COMMENT "Embedding ${prefix} files")
+  set(${outvar} "${out}" PARENT_SCOPE)
+endfunction()
