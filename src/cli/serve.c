@@ -55,7 +55,7 @@ static strata_option serve_opts[] = {SERVE_OPTIONS(STRATA_OPT_ROW)};
 static strata_opt_group groups[] = {
     {"Serve", serve_opts, SERVE_OPT__COUNT},
 };
-#define NGROUPS (sizeof groups / sizeof groups[0])
+#define SERVE_NGROUPS (sizeof groups / sizeof groups[0])
 
 /* Validates URLs now so a bad one is a configuration error (exit 78), not a late failure. */
 static int check_urls(strata_buf *err) {
@@ -122,7 +122,7 @@ static void help(void) {
             "`name = value` in the config file; flags win over the environment, which\n"
             "wins over the file.\n\n"
             "  --config FILE                config file (also STRATA_CONFIG)\n");
-    strata_options_help(groups, NGROUPS, &b);
+    strata_options_help(groups, SERVE_NGROUPS, &b);
     fputs(b.data, stdout);
     strata_buf_free(&b);
 }
@@ -130,18 +130,18 @@ static void help(void) {
 int cli_serve(int argc, char **argv) {
     strata_buf err = STRATA_BUF_INIT;
     bool want_help = false;
-    int rc = strata_options_load(groups, NGROUPS, argc, argv, environ, &want_help, &err);
+    int rc = strata_options_load(groups, SERVE_NGROUPS, argc, argv, environ, &want_help, &err);
     if (rc == STRATA_OK && !want_help)
         rc = check_urls(&err);
     if (rc != STRATA_OK) {
         fprintf(stderr, "strata serve: %s\n", err.data ? err.data : strata_strerror(rc));
         strata_buf_free(&err);
-        strata_options_free(groups, NGROUPS);
+        strata_options_free(groups, SERVE_NGROUPS);
         return cli_exit_for_options(rc);
     }
     if (want_help) {
         help();
-        strata_options_free(groups, NGROUPS);
+        strata_options_free(groups, SERVE_NGROUPS);
         return 0;
     }
     strata_log_level lvl = STRATA_LOG_INFO;
@@ -252,6 +252,6 @@ out:
         LOG_INFO("stopped", "exit_code=%d", exit_code);
     }
     strata_buf_free(&err);
-    strata_options_free(groups, NGROUPS);
+    strata_options_free(groups, SERVE_NGROUPS);
     return exit_code;
 }
