@@ -35,9 +35,13 @@
 /* ---- process-wide ---------------------------------------------------- */
 
 /**
- * Call first in main(): installs the reaper (atexit, SIGTERM/SIGINT/SIGABRT/
- * SIGSEGV handlers) and a watchdog that kills every child and aborts the
- * test after `deadline_sec` (0 = no watchdog).
+ * Call first in main(): creates this binary's temp dir, installs the reaper
+ * (atexit; SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGABRT handlers that SIGKILL every
+ * child, then re-raise), ignores SIGPIPE, and starts a watchdog that kills
+ * every child and exits the test with status 124 after `deadline_sec`
+ * (0 = no watchdog).  Pass ~10 s less than the test's CTest timeout.
+ * Calling it again only moves the deadline.  Harness calls made without it
+ * run sh_init(0) themselves.
  */
 void sh_init(int deadline_sec);
 
@@ -65,8 +69,10 @@ typedef struct sh_redis sh_redis;
 
 /**
  * Starts a standalone redis-server on a free port; `extra_conf` is appended
- * to its config (NULL for none), e.g. "appendonly yes\n".  Waits until PING
- * answers PONG.
+ * to its config (NULL for none), e.g. "appendonly yes\n", and wins over the
+ * harness defaults (bind 127.0.0.1, no RDB/AOF, DEBUG and protected CONFIG
+ * enabled).  Waits until PING answers PONG (~15 ms).  A bad config fails
+ * cleanly with the log tail printed.
  */
 int sh_redis_start(sh_redis **out, const char *extra_conf);
 /** Stops (SIGTERM, then SIGKILL) and frees; sets *r = NULL. */
@@ -100,7 +106,9 @@ typedef struct sh_sentinel_set sh_sentinel_set;
 /**
  * Starts the set (master name "strata-master", quorum 2,
  * down-after-milliseconds 1000, failover-timeout 3000) and waits until all
- * three sentinels know the master and both replicas are in sync.
+ * three sentinels know the master, both replicas and each other, and both
+ * replicas are in sync.  ~1-3 s.  A killed master is replaced by a promoted
+ * replica ~2 s later (measured by test_harness_sentinel).
  */
 int sh_sentinel_start(sh_sentinel_set **out);
 void sh_sentinel_stop(sh_sentinel_set **s);
@@ -113,8 +121,13 @@ uint16_t sh_sentinel_node_port(const sh_sentinel_set *s, int i);
 pid_t sh_sentinel_node_pid(const sh_sentinel_set *s, int i);
 /** Index (0..2) of the data node that is master now per the sentinels, -1 if unknown. */
 int sh_sentinel_master_index(const sh_sentinel_set *s);
-/** SIGKILL data node i. */
+/** Port of sentinel i (0..2). */
+uint16_t sh_sentinel_sentinel_port(const sh_sentinel_set *s, int i);
+/** SIGKILL data node i; STRATA_ENOTFOUND if it is not running. */
 int sh_sentinel_kill_node(sh_sentinel_set *s, int i);
+/** SIGSTOP / SIGCONT data node i (a paused master is "down" to the sentinels after 1 s). */
+int sh_sentinel_pause_node(sh_sentinel_set *s, int i);
+int sh_sentinel_resume_node(sh_sentinel_set *s, int i);
 /** Restart data node i (it rejoins as a replica of the current master). */
 int sh_sentinel_restart_node(sh_sentinel_set *s, int i);
 /**
@@ -129,8 +142,11 @@ typedef struct sh_cluster sh_cluster;
 
 /**
  * Starts 6 nodes, runs `redis-cli --cluster create ... --cluster-replicas 1`,
- * waits until every node reports cluster_state:ok and all agree on the slots.
- * Slow (~10 s): share one cluster per test binary and sh_cluster_flush between tests.
+ * waits until every node reports cluster_state:ok and all six agree on the
+ * topology (masters, their slots, replicas).  cluster-node-timeout 1000.
+ * Slow (seconds): share one cluster per test binary and sh_cluster_flush
+ * between tests.  Nodes 0..5 in start order; which are masters is
+ * redis-cli's choice: ask sh_cluster_master_of_slot.
  */
 int sh_cluster_start(sh_cluster **out);
 void sh_cluster_stop(sh_cluster **c);
@@ -138,14 +154,31 @@ void sh_cluster_stop(sh_cluster **c);
 const char *sh_cluster_url(const sh_cluster *c);
 int sh_cluster_nnodes(const sh_cluster *c);
 uint16_t sh_cluster_node_port(const sh_cluster *c, int i);
-/** Index of the node that is master for `slot` now, -1 if unknown. */
+/** Index of the node that is master for `slot` now per the first live node, -1 if unknown. */
 int sh_cluster_master_of_slot(const sh_cluster *c, int slot);
-/** FLUSHALL on every master. */
+/** Pid of node i (0 while killed). */
+pid_t sh_cluster_node_pid(const sh_cluster *c, int i);
+/** Index of a live replica of master node `master` now, -1 if none. */
+int sh_cluster_replica_of(const sh_cluster *c, int master);
+/** The hash slot of a key (CRC16 mod 16384, honouring {hash tags}), as CLUSTER KEYSLOT. */
+int sh_cluster_keyslot(const char *key);
+/** SIGSTOP / SIGCONT node i. */
+int sh_cluster_pause_node(sh_cluster *c, int i);
+int sh_cluster_resume_node(sh_cluster *c, int i);
+/** FLUSHALL SYNC on every live master, then WAIT for its replicas. */
 int sh_cluster_flush(sh_cluster *c);
+/** SIGKILL node i; its replica takes over after ~2-3 s (cluster-node-timeout 1000). */
 int sh_cluster_kill_node(sh_cluster *c, int i);
+/** Restarts node i with its nodes.conf: it rejoins (a replaced master as a replica). */
 int sh_cluster_restart_node(sh_cluster *c, int i);
 /** Waits until cluster_state:ok on all live nodes and slot `slot` has a live master; false on timeout. */
 bool sh_cluster_wait_ok(sh_cluster *c, int slot, int timeout_ms);
+/**
+ * Waits until all six nodes run, report cluster_state:ok and agree on one
+ * topology of 3 masters (with all slots) and 3 replicas without failure
+ * flags: use after restarting nodes, before the next test relies on roles.
+ */
+bool sh_cluster_wait_healthy(sh_cluster *c, int timeout_ms);
 
 /* ---- PostgreSQL 15 ------------------------------------------------------ */
 

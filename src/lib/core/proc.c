@@ -79,6 +79,9 @@ int strata_proc_spawn(char *const argv[], const strata_proc_opts *opts, pid_t *p
         if (opts->run_as_user) {
             if (setgroups(0, NULL) != 0 || setgid(opts->gid) != 0 || setuid(opts->uid) != 0)
                 child_fail(pfd[1], errno);
+            /* The kernel clears the parent-death signal when credentials change: set it again. */
+            if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+                _exit(127);
         }
         execvpe(argv[0], argv, opts->envp ? opts->envp : environ);
         child_fail(pfd[1], errno);

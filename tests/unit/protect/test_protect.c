@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "harness.h"
+#include "harness/harness.h"
 #include "strata/embedded.h"
 #include "strata/protect.h"
 #include "strata/status.h"
