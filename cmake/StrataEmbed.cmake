@@ -10,11 +10,15 @@ function(strata_embed_files outvar prefix)
     return()
   endif()
   set(out "${CMAKE_CURRENT_BINARY_DIR}/${prefix}_embedded.c")
+  # A ';' list would be split into separate arguments by add_custom_command:
+  # pass it '|'-joined and split it again in embed.cmake.
+  string(REPLACE ";" "|" _files "${ARGN}")
   add_custom_command(
     OUTPUT "${out}"
-    COMMAND ${CMAKE_COMMAND} -DOUT=${out} -DPREFIX=${prefix} "-DFILES=${ARGN}"
+    COMMAND ${CMAKE_COMMAND} -DOUT=${out} -DPREFIX=${prefix} "-DFILES=${_files}"
             -P "${PROJECT_SOURCE_DIR}/cmake/embed.cmake"
     DEPENDS ${ARGN} "${PROJECT_SOURCE_DIR}/cmake/embed.cmake"
-    COMMENT "Embedding ${prefix} files")
+    COMMENT "Embedding ${prefix} files"
+    VERBATIM)
   set(${outvar} "${out}" PARENT_SCOPE)
 endfunction()
