@@ -10,7 +10,9 @@
 # PIPELINE (16), REQUESTS (2000000), ROUNDS (3), COMMANDS ("get evalsha").
 # It starts its own redis-server (no persistence) on a free loopback port
 # and stops it on exit.  Output: one line per round and a summary with the
-# ratio strata/redis-benchmark of the median ops/s (target >= 0.90).
+# ratio strata/redis-benchmark of the median ops/s (target >= 0.90), and the
+# median of the per-round ratios (each pair ran back to back, so it is the
+# steadier figure on a shared machine).
 set -eu
 
 STRATA_BIN=${STRATA_BIN:-./build/release/strata}
@@ -49,7 +51,7 @@ for cmd in $COMMANDS; do
         set) rb_args="SET $KEY xxx" ;;
         *) echo "unknown command $cmd" >&2; exit 64 ;;
     esac
-    : > "$dir/s.txt"; : > "$dir/r.txt"
+    : > "$dir/s.txt"; : > "$dir/r.txt"; : > "$dir/q.txt"
     r=1
     while [ $r -le "$ROUNDS" ]; do
         s_ops=$("$STRATA_BIN" bench redis --url "redis://127.0.0.1:$port" --command "$cmd" \
@@ -58,10 +60,12 @@ for cmd in $COMMANDS; do
         r_ops=$(redis-benchmark -p "$port" -c "$CONNS" -P "$PIPELINE" -n "$REQUESTS" --csv $rb_args \
             | tail -1 | cut -d, -f2 | tr -d '"')
         echo "$s_ops" >> "$dir/s.txt"; echo "$r_ops" >> "$dir/r.txt"
+        awk -v s="$s_ops" -v r="$r_ops" 'BEGIN { printf "%.4f\n", s / r }' >> "$dir/q.txt"
         echo "round=$r command=$cmd strata_ops=$s_ops redis_benchmark_ops=$r_ops"
         r=$((r+1))
     done
     s_med=$(median < "$dir/s.txt"); r_med=$(median < "$dir/r.txt")
     ratio=$(awk -v s="$s_med" -v r="$r_med" 'BEGIN { printf "%.3f", s / r }')
-    echo "summary command=$cmd conns=$CONNS pipeline=$PIPELINE strata_median=$s_med redis_benchmark_median=$r_med ratio=$ratio"
+    q_med=$(median < "$dir/q.txt")
+    echo "summary command=$cmd conns=$CONNS pipeline=$PIPELINE strata_median=$s_med redis_benchmark_median=$r_med ratio=$ratio round_ratio_median=$q_med"
 done

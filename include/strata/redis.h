@@ -311,6 +311,12 @@ typedef struct strata_redis_tracking_cbs {
      * drop (or mark stale) every entry under the tracked prefixes. */
     void (*on_flush)(void *ud);
     void *ud;
+    /* Optional (NULL: on_flush is called instead).  Every entry under
+     * `prefix` may be stale: drop (or mark stale) those only.  Called when a
+     * sequence stream (strata_redis_tracking_watch_seq) shows a gap, and, once
+     * sequence streams are watched, instead of on_flush for the tracked
+     * prefixes no stream covers when the tracking connection drops or re-arms. */
+    void (*on_resync)(void *ud, const char *prefix, size_t len);
 } strata_redis_tracking_cbs;
 
 /**
@@ -327,6 +333,51 @@ int strata_redis_tracking_start(strata_redis *r, int nprefixes, const char *cons
 /** True when every data node's tracking connection is armed (for tests and /v1/info). */
 bool strata_redis_tracking_armed(const strata_redis *r);
 
+/*
+ * Invalidation-loss detection with sequence streams.
+ *
+ * Counting invalidation messages cannot detect a loss (BCAST coalesces the
+ * keys written in one event-loop pass), so every write to a key under a
+ * watched prefix also appends (seq, key) to a capped stream in the same script
+ * (strata_redis_tracked_write, or the one-line XADD documented in
+ * tracked_write.lua for scenario scripts).  The reader polls each watched
+ * stream (EVALSHA of seq_read.lua on the client's pipelined connection, every
+ * poll_ms, at once again while it is behind) and
+ *   - calls on_invalidate for every entry, in sequence order (a write whose
+ *     tracking message was lost is still invalidated, poll_ms later);
+ *   - when the entry after the last one it applied was trimmed away or
+ *     skipped, or the stream was reset (deleted, or a failover lost its tail),
+ *     calls on_resync(prefix) for that stream's prefix only, and goes on from
+ *     the newest entry.
+ * Once a stream covers a tracked prefix (the watch's prefix starts with it),
+ * a drop or re-arm of the tracking connection no longer flushes everything:
+ * on_resync is called for the tracked prefixes no stream covers, and the
+ * streams are polled at once (a master change still calls on_flush: the new
+ * master's stream may have lost entries the reader never saw).
+ */
+
+/**
+ * Watches `stream` for writes under `prefix` (both copied; prefix should be,
+ * or lie under, a tracked prefix; in Cluster use one stream per hash tag, e.g.
+ * prefix "p:{7}" and stream "strata:seq:p:{7}", and do not put streams under
+ * a tracked prefix).  The first poll only learns the newest sequence (the
+ * arming flush covers what came before).  poll_ms 0 = 100.  Call after
+ * strata_redis_tracking_start.  STRATA_EINVAL (no tracking session, bad
+ * argument), STRATA_ENOMEM, STRATA_EEXIST (stream already watched).
+ */
+int strata_redis_tracking_watch_seq(strata_redis *r, const char *prefix, const char *stream,
+                                    uint32_t poll_ms);
+
+/**
+ * Runs argv (argv[1] is the key) through tracked_write.lua: XADD stream
+ * MAXLEN cap 0-* k key, then the command, atomically (cap >= 1; in Cluster
+ * the key and the stream must share a slot, else STRATA_ECROSSSLOT).  The
+ * reply is the command's own.  Errors as strata_redis_evalsha.
+ */
+int strata_redis_tracked_write(strata_redis *r, const strata_redis_call *call, const char *stream,
+                               uint32_t cap, int argc, const char *const *argv,
+                               const size_t *argvlen, strata_redis_cb cb, void *ud);
+
 /* ---- introspection (tests, /v1/info) -------------------------------------------- */
 
 typedef struct strata_redis_stats {
@@ -340,6 +391,9 @@ typedef struct strata_redis_stats {
     uint64_t failovers;     /* master changes seen (Sentinel) / slot map refreshes (Cluster) */
     uint64_t invalidations; /* keys delivered to on_invalidate */
     uint64_t flushes;       /* on_flush calls */
+    uint64_t seq_applied;   /* sequence-stream entries applied (on_invalidate) */
+    uint64_t seq_gaps;      /* sequence-stream gaps / resets found (each one on_resync) */
+    uint64_t resyncs;       /* on_resync calls (gaps + uncovered prefixes on drop/re-arm) */
 } strata_redis_stats;
 
 void strata_redis_get_stats(const strata_redis *r, strata_redis_stats *out);

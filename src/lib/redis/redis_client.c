@@ -221,6 +221,15 @@ static bool err_is(const redisReply *rep, const char *code) {
 
 /* Writes the decimal digits of v at p; returns the count. */
 static size_t put_uint(char *p, size_t v) {
+    if (v < 10) { /* argument counts and short keys: the common case */
+        p[0] = (char)('0' + v);
+        return 1;
+    }
+    if (v < 100) {
+        p[0] = (char)('0' + v / 10);
+        p[1] = (char)('0' + v % 10);
+        return 2;
+    }
     char tmp[24];
     size_t n = 0;
     do {
@@ -232,16 +241,31 @@ static size_t put_uint(char *p, size_t v) {
     return n;
 }
 
-int redis__format_argv(char **out, size_t *outlen, int argc, const char *const *argv,
-                       const size_t *argvlen) {
-    size_t total = 16;
+static size_t dec_len(size_t v) {
+    if (v < 10)
+        return 1;
+    if (v < 100)
+        return 2;
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+/* Exact RESP size of argv (without the trailing NUL). */
+static size_t resp_size(int argc, const char *const *argv, const size_t *argvlen) {
+    size_t total = 3 + dec_len((size_t)argc);
     for (int i = 0; i < argc; i++) {
         size_t n = argvlen ? argvlen[i] : strlen(argv[i]);
-        total += n + 32;
+        total += 5 + dec_len(n) + n;
     }
-    char *b = strata_malloc(total);
-    if (!b)
-        return STRATA_ENOMEM;
+    return total;
+}
+
+/* Writes the RESP of argv at b (room: resp_size + 1); returns its length. */
+static size_t resp_write(char *b, int argc, const char *const *argv, const size_t *argvlen) {
     size_t p = 0;
     b[p++] = '*';
     p += put_uint(b + p, (size_t)argc);
@@ -259,8 +283,16 @@ int redis__format_argv(char **out, size_t *outlen, int argc, const char *const *
         b[p++] = '\n';
     }
     b[p] = '\0';
+    return p;
+}
+
+int redis__format_argv(char **out, size_t *outlen, int argc, const char *const *argv,
+                       const size_t *argvlen) {
+    char *b = strata_malloc(resp_size(argc, argv, argvlen) + 1);
+    if (!b)
+        return STRATA_ENOMEM;
+    *outlen = resp_write(b, argc, argv, argvlen);
     *out = b;
-    *outlen = p;
     return STRATA_OK;
 }
 
@@ -295,9 +327,55 @@ int redis__split(const char *cmd, size_t len, const char **argv, size_t *lens, i
 
 /* ---- requests ------------------------------------------------------------------- */
 
+/*
+ * Requests are recycled through a per-client freelist (bounded by
+ * REQ_FREE_MAX), and a command of up to REQ_INLINE bytes is formatted inside
+ * the request itself: a pipelined GET costs no allocation on our side.  The
+ * command must be kept until the call completes (a call never sent is
+ * re-routed; MOVED/ASK/NOSCRIPT/refusals re-send it), so "no copy" is not an
+ * option, but this copy is a memcpy of a few dozen bytes into memory that is
+ * already hot.  The zeroing stops at `inl`.
+ */
+static rreq *req_new(strata_redis *r, size_t cmdcap) {
+    rreq *q = r->req_free;
+    if (q) {
+        r->req_free = q->next;
+        r->req_nfree--;
+        memset(q, 0, offsetof(rreq, inl));
+    } else {
+        q = strata_malloc(sizeof(*q));
+        if (!q)
+            return NULL;
+        memset(q, 0, offsetof(rreq, inl));
+    }
+    q->r = r;
+    q->slot = -1;
+    if (cmdcap > REQ_INLINE) {
+        q->cmd = strata_malloc(cmdcap);
+        if (!q->cmd) {
+            q->next = r->req_free;
+            r->req_free = q;
+            r->req_nfree++;
+            return NULL;
+        }
+    } else {
+        q->cmd = cmdcap ? q->inl : NULL;
+    }
+    return q;
+}
+
 static void req_free(rreq *q) {
-    strata_redis_reply_free(q->stash);
-    strata_free(q->cmd);
+    strata_redis *r = q->r;
+    if (q->stash)
+        strata_redis_reply_free(q->stash);
+    if (q->cmd != q->inl)
+        strata_free(q->cmd);
+    if (!r->destroying && r->req_nfree < REQ_FREE_MAX) {
+        q->next = r->req_free;
+        r->req_free = q;
+        r->req_nfree++;
+        return;
+    }
     strata_free(q);
 }
 
@@ -330,8 +408,15 @@ static void req_complete(rreq *q, int status, const strata_redis_reply *reply) {
 
 /* The client is freed when its last handle has closed (close callbacks run in any order). */
 static void handle_closed(strata_redis *r) {
-    if (--r->handles_open == 0 && r->destroying)
+    if (--r->handles_open == 0 && r->destroying) {
+        rreq *q = r->req_free;
+        while (q) {
+            rreq *next = q->next;
+            strata_free(q);
+            q = next;
+        }
         strata_free(r);
+    }
 }
 
 static void link_free_cb(uv_handle_t *h) {
@@ -339,6 +424,51 @@ static void link_free_cb(uv_handle_t *h) {
     strata_redis *r = l->r;
     strata_free(l);
     handle_closed(r);
+}
+
+/*
+ * Writes
+ * ------
+ * hiredis asks for a write (addWrite) every time a command is appended to its
+ * output buffer; arming the poll for it costs an epoll_ctl now, a loop
+ * iteration to learn the socket is writable, and another epoll_ctl to disarm.
+ * Once a link is connected we defer instead: the link joins the client's
+ * write queue, and the queue is flushed by one redisAsyncHandleWrite per link
+ * (i) at the end of a read batch on that link (replies processed, next calls
+ * appended by their callbacks: the classic pipelined turn-around) and (ii) in
+ * the loop's prepare phase, before it blocks (calls issued from other
+ * handles' callbacks: HTTP requests, timers), the way Redis' beforeSleep
+ * flushes its clients.  Only when the socket does not take everything is
+ * the poll armed for writing (hiredis' addWrite inside our own flush).
+ * Nothing changes for "sent or never sent": that is read from the buffer.
+ */
+static void wq_remove(rlink *l) {
+    if (!l->wqueued)
+        return;
+    strata_redis *r = l->r;
+    if (l->wprev)
+        l->wprev->wnext = l->wnext;
+    else
+        r->wq = l->wnext;
+    if (l->wnext)
+        l->wnext->wprev = l->wprev;
+    l->wnext = l->wprev = NULL;
+    l->wqueued = false;
+}
+
+static void link_flush(rlink *l) {
+    wq_remove(l);
+    if (!l->ac || !(l->ac->c.flags & REDIS_CONNECTED))
+        return;
+    l->in_flush = true;
+    redisAsyncHandleWrite(l->ac); /* may free the context: l stays valid until closed */
+    l->in_flush = false;
+}
+
+static void on_prepare(uv_prepare_t *h) {
+    strata_redis *r = h->data;
+    while (r->wq)
+        link_flush(r->wq);
 }
 
 static void ev_poll_cb(uv_poll_t *h, int status, int events) {
@@ -349,8 +479,14 @@ static void ev_poll_cb(uv_poll_t *h, int status, int events) {
         events = UV_READABLE; /* let hiredis read and see the error */
     if (events & UV_READABLE)
         redisAsyncHandleRead(l->ac);
-    if (l->ac && (events & UV_WRITABLE))
+    if (l->ac && (events & UV_WRITABLE)) {
+        wq_remove(l);
+        l->in_flush = true;
         redisAsyncHandleWrite(l->ac);
+        l->in_flush = false;
+    } else if (l->wqueued) {
+        link_flush(l);
+    }
 }
 
 static void ev_update(rlink *l) {
@@ -380,6 +516,19 @@ static void ev_del_read(void *p) {
 
 static void ev_add_write(void *p) {
     rlink *l = p;
+    if (!l->in_flush && !(l->events & UV_WRITABLE) && l->ac && (l->ac->c.flags & REDIS_CONNECTED)) {
+        /* defer (see "Writes") */
+        if (!l->wqueued) {
+            strata_redis *r = l->r;
+            l->wqueued = true;
+            l->wprev = NULL;
+            l->wnext = r->wq;
+            if (r->wq)
+                r->wq->wprev = l;
+            r->wq = l;
+        }
+        return;
+    }
     if (!(l->events & UV_WRITABLE)) {
         l->events |= UV_WRITABLE;
         ev_update(l);
@@ -397,6 +546,7 @@ static void ev_del_write(void *p) {
 /* The one place where a link dies (every pending callback has already run). */
 static void ev_cleanup(void *p) {
     rlink *l = p;
+    wq_remove(l);
     l->ac = NULL;
     l->state = LS_CLOSED;
     l->events = 0;
@@ -1201,6 +1351,8 @@ static void register_metrics(strata_redis *r) {
                                             "Redis call latency", lb, STRATA_HIST_NS);
 }
 
+static void tick_close_cb(uv_handle_t *h) { handle_closed(h->data); }
+
 int strata_redis_create(strata_redis **out, uv_loop_t *loop, const char *url,
                         const strata_redis_options *opts, strata_buf *err) {
     if (!out || !loop)
@@ -1245,6 +1397,16 @@ int strata_redis_create(strata_redis **out, uv_loop_t *loop, const char *url,
     r->handles_open = 1;
     uv_timer_start(&r->tick, on_tick, r->o.tick_ms, r->o.tick_ms);
     uv_unref((uv_handle_t *)&r->tick);
+    if (uv_prepare_init(loop, &r->prep) != 0) {
+        strata_redis_url_free(&r->url);
+        r->destroying = true;
+        uv_close((uv_handle_t *)&r->tick, tick_close_cb);
+        return STRATA_ESYS;
+    }
+    r->prep.data = r;
+    r->handles_open++;
+    uv_prepare_start(&r->prep, on_prepare);
+    uv_unref((uv_handle_t *)&r->prep); /* never keeps the loop alive by itself */
     register_metrics(r);
     switch (r->url.mode) {
     case STRATA_REDIS_STANDALONE:
@@ -1265,8 +1427,6 @@ int strata_redis_create(strata_redis **out, uv_loop_t *loop, const char *url,
     *out = r;
     return STRATA_OK;
 }
-
-static void tick_close_cb(uv_handle_t *h) { handle_closed(h->data); }
 
 void strata_redis_destroy(strata_redis **rp) {
     if (!rp || !*rp)
@@ -1303,6 +1463,8 @@ void strata_redis_destroy(strata_redis **rp) {
     strata_redis_url_free(&r->url);
     uv_timer_stop(&r->tick);
     uv_close((uv_handle_t *)&r->tick, tick_close_cb);
+    uv_prepare_stop(&r->prep);
+    uv_close((uv_handle_t *)&r->prep, tick_close_cb);
 }
 
 strata_redis_mode strata_redis_get_mode(const strata_redis *r) { return r->url.mode; }
@@ -1320,28 +1482,18 @@ static uint32_t fnv1a(const char *s, size_t n) {
     return h;
 }
 
-int redis__submit_formatted(strata_redis *r, const strata_redis_call *call, strata_redis_cb cb,
-                            void *ud, char *cmd, size_t len, const strata_redis_script *script) {
+/* Submits q (its command formatted); frees it on error. */
+static int submit_req(strata_redis *r, const strata_redis_call *call, strata_redis_cb cb, void *ud,
+                      rreq *q, const strata_redis_script *script) {
     static const strata_redis_call defaults;
     if (!call)
         call = &defaults;
-    if (r->destroying) {
-        strata_free(cmd);
-        return STRATA_ECLOSED;
-    }
-    rreq *q = strata_calloc(1, sizeof(*q));
-    if (!q) {
-        strata_free(cmd);
-        return STRATA_ENOMEM;
-    }
-    q->r = r;
+    const char *cmd = q->cmd;
+    size_t len = q->cmdlen;
     q->cb = cb;
     q->ud = ud;
-    q->cmd = cmd;
-    q->cmdlen = len;
     q->script = script;
     q->flags = call->flags;
-    q->slot = -1;
     if (call->wait_replicas > 0) {
         q->wait_n = call->wait_replicas;
         q->wait_ms = call->wait_timeout_ms ? call->wait_timeout_ms : 100;
@@ -1388,6 +1540,35 @@ int redis__submit_formatted(strata_redis *r, const strata_redis_call *call, stra
     return STRATA_OK;
 }
 
+int redis__submit_formatted(strata_redis *r, const strata_redis_call *call, strata_redis_cb cb,
+                            void *ud, char *cmd, size_t len, const strata_redis_script *script) {
+    if (r->destroying) {
+        strata_free(cmd);
+        return STRATA_ECLOSED;
+    }
+    rreq *q = req_new(r, 0);
+    if (!q) {
+        strata_free(cmd);
+        return STRATA_ENOMEM;
+    }
+    q->cmd = cmd; /* owned */
+    q->cmdlen = len;
+    return submit_req(r, call, cb, ud, q, script);
+}
+
+int redis__submit_argv(strata_redis *r, const strata_redis_call *call, strata_redis_cb cb, void *ud,
+                       int argc, const char *const *argv, const size_t *argvlen,
+                       const strata_redis_script *script) {
+    if (r->destroying)
+        return STRATA_ECLOSED;
+    size_t need = resp_size(argc, argv, argvlen) + 1;
+    rreq *q = req_new(r, need);
+    if (!q)
+        return STRATA_ENOMEM;
+    q->cmdlen = resp_write(q->cmd, argc, argv, argvlen);
+    return submit_req(r, call, cb, ud, q, script);
+}
+
 int strata_redis_command_argv(strata_redis *r, const strata_redis_call *call, strata_redis_cb cb,
                               void *ud, int argc, const char *const *argv, const size_t *argvlen) {
     if (!r || argc <= 0 || !argv)
@@ -1395,12 +1576,7 @@ int strata_redis_command_argv(strata_redis *r, const strata_redis_call *call, st
     for (int i = 0; i < argc; i++)
         if (!argv[i])
             return STRATA_EINVAL;
-    char *cmd;
-    size_t len;
-    int rc = redis__format_argv(&cmd, &len, argc, argv, argvlen);
-    if (rc < 0)
-        return rc;
-    return redis__submit_formatted(r, call, cb, ud, cmd, len, NULL);
+    return redis__submit_argv(r, call, cb, ud, argc, argv, argvlen, NULL);
 }
 
 int strata_redis_command(strata_redis *r, const strata_redis_call *call, strata_redis_cb cb,
@@ -1426,22 +1602,12 @@ int strata_redis_command(strata_redis *r, const strata_redis_call *call, strata_
 
 int redis__internal(strata_redis *r, rnode *node, strata_redis_cb cb, void *ud, int argc,
                     const char *const *argv, const size_t *argvlen) {
-    char *cmd;
-    size_t len;
-    int rc = redis__format_argv(&cmd, &len, argc, argv, argvlen);
-    if (rc < 0)
-        return rc;
-    rreq *q = strata_calloc(1, sizeof(*q));
-    if (!q) {
-        strata_free(cmd);
+    rreq *q = req_new(r, resp_size(argc, argv, argvlen) + 1);
+    if (!q)
         return STRATA_ENOMEM;
-    }
-    q->r = r;
+    q->cmdlen = resp_write(q->cmd, argc, argv, argvlen);
     q->cb = cb;
     q->ud = ud;
-    q->cmd = cmd;
-    q->cmdlen = len;
-    q->slot = -1;
     q->rq = RQ_INTERNAL;
     q->fixed_node = node;
     q->flags = STRATA_REDIS_NO_RETRY;

@@ -28,6 +28,10 @@
 #include "strata/redis.h"
 
 #define REDIS_NSLOTS 16384
+/* Bytes of RESP kept inside a request before it takes a heap buffer. */
+#define REQ_INLINE 96
+/* Recycled requests kept per client (a freelist; the rest go back to malloc). */
+#define REQ_FREE_MAX 4096
 
 typedef struct rreq rreq;
 typedef struct rlink rlink;
@@ -74,6 +78,12 @@ struct rlink {
     int index;             /* pipe slot or sentinel index */
     bool busy;             /* dedicated: one call in progress */
     long long client_id;
+    /* Deferred writes (see "Writes" in redis_client.c): hiredis asked to write
+     * and we hold the write until the loop's prepare phase or the end of the
+     * read batch, so many calls leave in one write(2) with no epoll change. */
+    rlink *wnext, *wprev; /* in strata_redis.wq while wqueued */
+    bool wqueued;
+    bool in_flush; /* inside our redisAsyncHandleWrite: addWrite arms the poll */
 };
 
 struct rnode {
@@ -98,6 +108,7 @@ struct rnode {
     /* tracking */
     rlink *trk;
     bool trk_armed;
+    bool trk_ever_armed; /* a re-arm (not the first arm) of this node */
     uint64_t trk_next_ms;
     uint32_t trk_fails;
 };
@@ -137,6 +148,9 @@ struct rreq {
     int last_status;           /* status to report if the deadline passes while delayed */
     strata_redis_reply *stash; /* owned: main reply kept while WAIT is pending */
     int where;                 /* which list holds it (WQ_*) */
+    /* Small commands are formatted here (no allocation); cmd points at it.
+     * Must stay the last field: a recycled request is zeroed up to it. */
+    char inl[REQ_INLINE];
 };
 
 enum { WQ_NONE, WQ_NODE, WQ_DNODE, WQ_UNROUTED, WQ_DELAYED, WQ_LINK };
@@ -171,8 +185,14 @@ struct strata_redis {
     struct tracking_state *trk;
     char master_addr[300];
     uint64_t nlinks_made;
-    strata_redis_script lib_xadd, lib_trim; /* library scripts (stream_*.lua) */
-    int lib_state;                          /* 0 not loaded, 1 ok, < 0 status */
+    uv_prepare_t prep; /* flushes deferred writes before the loop blocks */
+    rlink *wq;         /* links with a deferred write */
+    rreq *req_free;    /* recycled requests (singly linked through next) */
+    uint32_t req_nfree;
+    strata_redis_script lib_xadd, lib_trim;      /* library scripts (stream_*.lua) */
+    strata_redis_script lib_twrite, lib_seqread; /* tracked_write.lua, seq_read.lua */
+    int lib_seq_state;                           /* 0 not loaded, 1 ok, < 0 status */
+    int lib_state;                               /* 0 not loaded, 1 ok, < 0 status */
 };
 
 /* ---- core (redis_client.c) ---- */
@@ -192,6 +212,11 @@ int redis__internal(strata_redis *r, rnode *node, strata_redis_cb cb, void *ud, 
                     const char *const *argv, const size_t *argvlen);
 int redis__submit_formatted(strata_redis *r, const strata_redis_call *call, strata_redis_cb cb,
                             void *ud, char *cmd, size_t len, const strata_redis_script *script);
+/* Formats argv straight into a (recycled) request and submits it: no copy of the
+ * command beyond the one hiredis makes into its output buffer. */
+int redis__submit_argv(strata_redis *r, const strata_redis_call *call, strata_redis_cb cb, void *ud,
+                       int argc, const char *const *argv, const size_t *argvlen,
+                       const strata_redis_script *script);
 int redis__map_error(const char *s, size_t len);
 void redis__tick_ref(strata_redis *r);
 void redis__set_master(strata_redis *r, rnode *n);

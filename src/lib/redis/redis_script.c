@@ -173,15 +173,11 @@ int strata_redis_evalsha(strata_redis *r, const strata_redis_call *call,
         argv[3 + nkeys + i] = args[i];
         lens[3 + nkeys + i] = arglens ? arglens[i] : strlen(args[i]);
     }
-    char *cmd = NULL;
-    size_t len = 0;
     if (rc == STRATA_OK)
-        rc = redis__format_argv(&cmd, &len, argc, argv, lens);
+        rc = redis__submit_argv(r, call, cb, ud, argc, argv, lens, s);
     if (argv != sv) {
         strata_free(argv);
         strata_free(lens);
     }
-    if (rc < 0)
-        return rc;
-    return redis__submit_formatted(r, call, cb, ud, cmd, len, s);
+    return rc;
 }

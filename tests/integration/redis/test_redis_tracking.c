@@ -70,7 +70,7 @@ static void test_tracking(void **state) {
     assert_int_equal(strata_redis_create(&writer, &loop, sh_redis_url(srv), &o, NULL), STRATA_OK);
     fake_l1 l1 = {0};
     const char *prefixes[] = {"t:", "u:"};
-    strata_redis_tracking_cbs cbs = {on_inval, on_flush, &l1};
+    strata_redis_tracking_cbs cbs = {.on_invalidate = on_inval, .on_flush = on_flush, .ud = &l1};
     assert_int_equal(strata_redis_tracking_start(reader, 2, prefixes, &cbs), STRATA_OK);
     assert_int_equal(strata_redis_tracking_start(reader, 2, prefixes, &cbs), STRATA_EEXIST);
     spin_until(&loop, armed, reader, 5000);
