@@ -178,6 +178,25 @@ void strata_bloom_add(strata_bloom *b, const void *key, size_t len);
 bool strata_bloom_maybe_contains(const strata_bloom *b, const void *key, size_t len);
 
 /**
+ * The size a filter for `expected` keys at `fp_rate` gets (what
+ * strata_bloom_create would choose), without allocating it.  STRATA_EINVAL
+ * on the same bad arguments create refuses.
+ */
+int strata_bloom_size(uint64_t expected, double fp_rate, uint64_t *bits, uint32_t *hashes);
+
+/** strata_bloom_positions for a filter of `bits` bits and `hashes` hashes (no filter needed). */
+uint32_t strata_bloom_positions_mk(uint64_t bits, uint32_t hashes, const void *key, size_t len,
+                                   uint64_t *pos);
+
+/**
+ * Membership test against raw bytes in Redis bitmap order (a GET of the
+ * key SETBIT wrote), for a filter of `bits` bits and `hashes` hashes; bytes
+ * beyond `len` count as zero.
+ */
+bool strata_bloom_bytes_maybe_contains(const void *bytes, size_t len, uint64_t bits,
+                                       uint32_t hashes, const void *key, size_t klen);
+
+/**
  * Replaces the bits with a Redis bitmap (GET of the key SETBIT wrote: bit i
  * of the filter is bit (7 - i%8) of byte i/8, Redis's order).  A shorter
  * bitmap is zero-extended; a longer one is STRATA_ERANGE.

@@ -17,5 +17,6 @@ int cli_exit_for_options(int rc);
 
 int cli_serve(int argc, char **argv);
 int cli_bench(int argc, char **argv);
+int cli_dlq(int argc, char **argv);
 
 #endif

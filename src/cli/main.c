@@ -19,6 +19,7 @@ static void usage(FILE *f) {
             "commands:\n"
             "  serve     run the HTTP server on embedded defaults or the given tiers\n"
             "  bench     run a benchmark backend (strata bench --help lists them)\n"
+            "  dlq       list or replay write-behind dead letters (strata dlq --help)\n"
             "  version   print the version\n"
             "  help      print this help\n"
             "\n"
@@ -46,6 +47,8 @@ int main(int argc, char **argv) {
         return cli_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "bench") == 0)
         return cli_bench(argc - 2, argv + 2);
+    if (strcmp(cmd, "dlq") == 0)
+        return cli_dlq(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("strata %s\n", STRATA_VERSION);
         return 0;

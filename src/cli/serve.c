@@ -25,13 +25,17 @@
 
 #include "cli.h"
 #include "managed_redis.h"
+#include "scenarios/scenario.h"
+#include "server/server.h"
 #include "strata/alloc.h"
 #include "strata/clock.h"
 #include "strata/db.h"
 #include "strata/log.h"
 #include "strata/metrics.h"
 #include "strata/options.h"
+#include "strata/redis.h"
 #include "strata/status.h"
+#include "strata/tier.h"
 
 extern char **environ;
 
@@ -54,6 +58,8 @@ static strata_option serve_opts[] = {SERVE_OPTIONS(STRATA_OPT_ROW)};
 
 static strata_opt_group groups[] = {
     {"Serve", serve_opts, SERVE_OPT__COUNT},
+    {"HTTP server", NULL, 0}, /* strata_server_opt_group, filled in at start */
+    {"Scenarios", NULL, 0},   /* strata_scenario_opt_group */
 };
 #define SERVE_NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -112,6 +118,41 @@ static int lock_var_dir(const char *var, int *fd_out, strata_buf *err) {
     return STRATA_OK;
 }
 
+/* The default node id: stable across restarts of the same deployment (same host, same var dir). */
+static void default_node_id(const char *var, char *out, size_t cap) {
+    char host[64] = "strata";
+    gethostname(host, sizeof host - 1);
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = var; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    snprintf(out, cap, "%s-%08llx", host, (unsigned long long)(h & 0xffffffffull));
+}
+
+/* Graceful shutdown hook: apply what is already in the streams before exiting. */
+static void drain_persister(void *ctx) { strata_persister_drain(ctx, 5000); }
+
+/* GET /readyz probes: run on libuv's thread pool, so blocking calls are fine here. */
+static int probe_redis(void *ctx, strata_buf *why) {
+    const char *url = ctx;
+    strata_redis_options o;
+    strata_redis_options_init(&o);
+    o.connect_timeout_ms = 500;
+    o.command_timeout_ms = 500;
+    strata_redis_sync *rs = NULL;
+    int rc = strata_redis_sync_create(&rs, url, &o, why);
+    if (rc == STRATA_OK) {
+        strata_redis_reply *reply = NULL;
+        rc = strata_redis_sync_command(rs, &reply, "PING");
+        if (rc != STRATA_OK)
+            strata_buf_printf(why, "PING: %s", strata_strerror(rc));
+        strata_redis_reply_free(reply);
+    }
+    strata_redis_sync_destroy(&rs);
+    return rc;
+}
+
+static int probe_db(void *ctx, strata_buf *why) { return strata_db_ping(ctx, why); }
+
 static void help(void) {
     strata_buf b = STRATA_BUF_INIT;
     strata_buf_puts(
@@ -130,6 +171,8 @@ static void help(void) {
 int cli_serve(int argc, char **argv) {
     strata_buf err = STRATA_BUF_INIT;
     bool want_help = false;
+    groups[1] = strata_server_opt_group;
+    groups[2] = strata_scenario_opt_group;
     int rc = strata_options_load(groups, SERVE_NGROUPS, argc, argv, environ, &want_help, &err);
     if (rc == STRATA_OK && !want_help)
         rc = check_urls(&err);
@@ -151,6 +194,21 @@ int cli_serve(int argc, char **argv) {
     int exit_code = 0, lock_fd = -1;
     managed_redis *mredis = NULL;
     strata_db *db = NULL;
+    strata_server *server = NULL;
+    strata_scenarios *scenarios = NULL;
+    strata_persister *persister = NULL;
+    strata_outbox_relay *relay = NULL;
+    char node_id[160];
+    strata_metrics *metrics = strata_metrics_create();
+    strata_clock *clock = strata_clock_system();
+    const strata_option *dbg = strata_options_find(groups, SERVE_NGROUPS, "debug_clock");
+    if (dbg && dbg->val.i)
+        clock = strata_clock_create_offset();
+    if (!metrics || !clock) {
+        fprintf(stderr, "strata serve: out of memory\n");
+        exit_code = EXIT_SOFTWARE;
+        goto out;
+    }
     char var[PATH_MAX], redis_url[PATH_MAX + 64], db_url[PATH_MAX + 64];
 
     const char *var_arg = serve_opts[OPT_var_dir].val.s;
@@ -203,8 +261,16 @@ int cli_serve(int argc, char **argv) {
         snprintf(db_url, sizeof db_url, "%s", db_opt);
     else
         snprintf(db_url, sizeof db_url, "sqlite://%s/strata.db", var);
+    if (strata_scenarios_setup() != STRATA_OK) {
+        LOG_ERROR("scenario_setup_failed", "reason=\"cannot register migrations\"");
+        exit_code = EXIT_SOFTWARE;
+        goto out;
+    }
     strata_buf_reset(&err);
-    if (strata_db_open(&db, db_url, &err) != STRATA_OK) {
+    strata_db_config dbcfg;
+    strata_db_config_default(&dbcfg);
+    dbcfg.clock = clock;
+    if (strata_db_open_config(&db, db_url, &dbcfg, &err) != STRATA_OK) {
         LOG_ERROR("db_open_failed", "reason=\"%s\"", err.data ? err.data : "?");
         exit_code = EXIT_UNAVAILABLE;
         goto out;
@@ -215,8 +281,70 @@ int cli_serve(int argc, char **argv) {
              strata_db_get_kind(db) == STRATA_DB_SQLITE ? " path=" : "",
              strata_db_get_kind(db) == STRATA_DB_SQLITE ? db_url + 9 : "");
 
-    LOG_INFO("ready", "pid=%ld var_dir=%s redis=%s", (long)getpid(), var,
-             mredis ? managed_redis_url(mredis) : "external");
+    const char *nid = serve_opts[OPT_node_id].val.s;
+    if (nid && *nid)
+        snprintf(node_id, sizeof node_id, "%s", nid);
+    else
+        default_node_id(var, node_id, sizeof node_id);
+
+    /* Write-behind persister and outbox relay: every node runs both. */
+    strata_persister_config pc;
+    strata_persister_config_init(&pc);
+    pc.redis_url = redis_url;
+    pc.db = db;
+    pc.node_id = node_id;
+    pc.metrics = metrics;
+    pc.clock = clock;
+    strata_relay_config rcfg;
+    strata_relay_config_init(&rcfg);
+    rcfg.redis_url = redis_url;
+    rcfg.db = db;
+    rcfg.node_id = node_id;
+    rcfg.metrics = metrics;
+    strata_buf_reset(&err);
+    if (strata_persister_create(&pc, &persister, &err) != STRATA_OK ||
+        strata_scenarios_handlers(persister) != STRATA_OK ||
+        strata_persister_start(persister) != STRATA_OK ||
+        strata_relay_create(&rcfg, &relay, &err) != STRATA_OK ||
+        strata_relay_start(relay) != STRATA_OK) {
+        LOG_ERROR("write_behind_start_failed", "reason=\"%s\"", err.data ? err.data : "?");
+        exit_code = EXIT_UNAVAILABLE;
+        goto out;
+    }
+    LOG_INFO("write_behind_started", "node_id=%s group=%s registry=%s", node_id, STRATA_WB_GROUP,
+             STRATA_WB_REGISTRY);
+
+    strata_server_deps deps = {metrics, clock, groups, SERVE_NGROUPS};
+    strata_buf_reset(&err);
+    if (strata_server_create(&server, &deps, &err) != STRATA_OK ||
+        strata_server_add_probe(server, "redis", probe_redis, redis_url) != STRATA_OK ||
+        strata_server_add_probe(server, "db", probe_db, db) != STRATA_OK ||
+        strata_server_add_shutdown_hook(server, drain_persister, persister) != STRATA_OK) {
+        LOG_ERROR("server_create_failed", "reason=\"%s\"", err.data ? err.data : "out of memory");
+        exit_code = EXIT_CONFIG;
+        goto out;
+    }
+    strata_scenario_env senv = {redis_url, db, metrics, clock};
+    strata_buf_reset(&err);
+    if (strata_scenarios_start(&scenarios, server, &senv, &err) != STRATA_OK) {
+        LOG_ERROR("scenarios_start_failed", "reason=\"%s\"", err.data ? err.data : "?");
+        exit_code = EXIT_UNAVAILABLE;
+        goto out;
+    }
+    strata_buf_reset(&err);
+    if (strata_server_start(server, &err) != STRATA_OK) {
+        LOG_ERROR("listen_failed", "reason=\"%s\"", err.data ? err.data : "?");
+        exit_code = EXIT_UNAVAILABLE;
+        goto out;
+    }
+    const strata_option *tok = strata_options_find(groups, SERVE_NGROUPS, "admin_token");
+    if (!tok || !tok->val.s || !*tok->val.s)
+        LOG_INFO("admin_token_generated",
+                 "token=%s hint=\"set --admin-token or STRATA_ADMIN_TOKEN to choose one\"",
+                 strata_server_admin_token(server));
+    LOG_INFO("ready", "pid=%ld listen=%s var_dir=%s redis=%s debug_clock=%s", (long)getpid(),
+             strata_server_address(server), var, mredis ? managed_redis_url(mredis) : "external",
+             clock != strata_clock_system() ? "on" : "off");
 
     for (;;) {
         int sig = 0;
@@ -242,6 +370,19 @@ int cli_serve(int argc, char **argv) {
     }
 
 out:
+    if (server) {
+        strata_server_stop(server);
+        strata_server_destroy(&server);
+    }
+    strata_scenarios_stop(&scenarios);
+    if (relay) {
+        strata_relay_stop(relay);
+        strata_relay_destroy(&relay);
+    }
+    if (persister) {
+        strata_persister_stop(persister);
+        strata_persister_destroy(&persister);
+    }
     strata_db_close(&db);
     if (mredis) {
         managed_redis_stop(&mredis);
@@ -251,6 +392,8 @@ out:
         close(lock_fd);
         LOG_INFO("stopped", "exit_code=%d", exit_code);
     }
+    strata_metrics_destroy(&metrics);
+    strata_clock_destroy(&clock);
     strata_buf_free(&err);
     strata_options_free(groups, SERVE_NGROUPS);
     return exit_code;

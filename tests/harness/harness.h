@@ -228,4 +228,44 @@ int sh_reap_leftovers(void);
 /** How many live processes have their cwd or command line inside `dir` (any owner). */
 int sh_count_processes_under(const char *dir);
 
+/* ---- strata serve and HTTP (integration tests of the server) -------------- */
+
+typedef struct sh_serve sh_serve;
+
+/**
+ * Starts `$STRATA_BIN serve` with a private --var-dir, --listen 127.0.0.1:0,
+ * --admin-token "test-admin-token" and the extra flags in `args`
+ * (NULL-terminated; e.g. "--redis", url), logging to a file; waits until it
+ * logs event=ready and reads the bound port from that line.
+ */
+int sh_serve_start(sh_serve **out, const char *const *args);
+/** SIGTERM and wait (graceful stop); returns its exit status (or -1). */
+int sh_serve_stop(sh_serve **s);
+/** SIGKILL it (no cleanup: its managed children die by PDEATHSIG). */
+void sh_serve_kill(sh_serve **s);
+uint16_t sh_serve_port(const sh_serve *s);
+pid_t sh_serve_pid(const sh_serve *s);
+const char *sh_serve_log(const sh_serve *s);
+const char *sh_serve_var_dir(const sh_serve *s);
+#define SH_ADMIN_TOKEN "test-admin-token"
+
+/** An HTTP response read by sh_http. */
+typedef struct sh_http_resp {
+    int status;    /* 0 when the connection failed */
+    char *headers; /* raw header block (malloc) */
+    char *body;    /* body, NUL-terminated (malloc) */
+    size_t body_len;
+} sh_http_resp;
+
+/**
+ * One request on a fresh connection (Connection: close): method, path, an
+ * optional JSON body and whether to send the admin token.  Waits up to
+ * timeout_ms.  Returns resp.status (0 on connection failure).
+ */
+int sh_http(uint16_t port, const char *method, const char *path, const char *json_body, bool admin,
+            int timeout_ms, sh_http_resp *resp);
+void sh_http_free(sh_http_resp *resp);
+/** A header's value in a response (static buffer, "" when absent). */
+const char *sh_http_header(const sh_http_resp *resp, const char *name);
+
 #endif

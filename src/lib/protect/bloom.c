@@ -22,20 +22,30 @@ struct strata_bloom {
     unsigned char *bytes;
 };
 
-strata_bloom *strata_bloom_create(uint64_t expected, double fp_rate) {
+int strata_bloom_size(uint64_t expected, double fp_rate, uint64_t *bits, uint32_t *hashes) {
     if (expected == 0 || !(fp_rate > 0) || !(fp_rate < 1) || expected > (1ull << 36))
-        return NULL;
+        return STRATA_EINVAL;
     double ln2 = log(2.0);
     double m = ceil(-(double)expected * log(fp_rate) / (ln2 * ln2));
     uint64_t mb = ((uint64_t)m + 63) / 64 * 64;
     if (mb > (1ull << 32)) /* Redis strings (and SETBIT offsets) stop at 2^32 bits */
-        return NULL;
+        return STRATA_EINVAL;
     double k = round((double)mb / (double)expected * ln2);
+    *bits = mb;
+    *hashes = k < 1 ? 1 : k > 16 ? 16 : (uint32_t)k;
+    return STRATA_OK;
+}
+
+strata_bloom *strata_bloom_create(uint64_t expected, double fp_rate) {
+    uint64_t mb;
+    uint32_t k;
+    if (strata_bloom_size(expected, fp_rate, &mb, &k) != STRATA_OK)
+        return NULL;
     strata_bloom *b = strata_calloc(1, sizeof *b);
     if (!b)
         return NULL;
     b->m = mb;
-    b->k = k < 1 ? 1 : k > 16 ? 16 : (uint32_t)k;
+    b->k = k;
     b->bytes = strata_calloc(mb / 8, 1);
     if (!b->bytes) {
         strata_free(b);
@@ -55,12 +65,32 @@ void strata_bloom_destroy(strata_bloom **bp) {
 uint64_t strata_bloom_bits(const strata_bloom *b) { return b->m; }
 uint32_t strata_bloom_hashes(const strata_bloom *b) { return b->k; }
 
-uint32_t strata_bloom_positions(const strata_bloom *b, const void *key, size_t len, uint64_t *pos) {
+uint32_t strata_bloom_positions_mk(uint64_t bits, uint32_t hashes, const void *key, size_t len,
+                                   uint64_t *pos) {
     XXH128_hash_t h = XXH3_128bits(key, len);
     uint64_t h1 = h.low64, h2 = h.high64 | 1;
-    for (uint32_t i = 0; i < b->k; i++)
-        pos[i] = (h1 + (uint64_t)i * h2) % b->m;
-    return b->k;
+    for (uint32_t i = 0; i < hashes; i++)
+        pos[i] = (h1 + (uint64_t)i * h2) % bits;
+    return hashes;
+}
+
+uint32_t strata_bloom_positions(const strata_bloom *b, const void *key, size_t len, uint64_t *pos) {
+    return strata_bloom_positions_mk(b->m, b->k, key, len, pos);
+}
+
+bool strata_bloom_bytes_maybe_contains(const void *bytes, size_t len, uint64_t bits,
+                                       uint32_t hashes, const void *key, size_t klen) {
+    uint64_t pos[16];
+    if (hashes > 16 || bits == 0)
+        return true; /* cannot tell: "maybe" is the safe answer */
+    strata_bloom_positions_mk(bits, hashes, key, klen, pos);
+    const unsigned char *b = bytes;
+    for (uint32_t i = 0; i < hashes; i++) {
+        uint64_t byte = pos[i] >> 3;
+        if (byte >= len || !(b[byte] & (0x80u >> (pos[i] & 7))))
+            return false;
+    }
+    return true;
 }
 
 void strata_bloom_add(strata_bloom *b, const void *key, size_t len) {

@@ -16,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,7 +28,7 @@
 #include "strata/status.h"
 
 /* Every server in this test binds a free port so tests can run side by side. */
-#define LISTEN_ANY "--log-level=info"
+#define LISTEN_ANY "--listen=127.0.0.1:0"
 
 static const char *bin(void) {
     const char *b = getenv("STRATA_BIN");
@@ -177,6 +180,42 @@ static pid_t start_serve(const char *var, const char *log, int nready) {
 
 static bool pid_gone(void *ctx) { return !strata_proc_alive(*(pid_t *)ctx); }
 
+/* The port from the last "event=ready ... listen=127.0.0.1:PORT" line of the log. */
+static int ready_port(const char *log) {
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    char line[4096];
+    int port = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "event=ready");
+        if (p && (p = strstr(p, "listen=127.0.0.1:")))
+            port = atoi(p + strlen("listen=127.0.0.1:"));
+    }
+    fclose(f);
+    return port;
+}
+
+/* GET path over a fresh connection; returns the whole response (caller frees). */
+static char *http_get(int port, const char *path) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    char req[256];
+    int n =
+        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    char *buf = calloc(1, 65536);
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(fd, buf + len, 65535 - len)) > 0)
+        len += (size_t)r;
+    close(fd);
+    return buf;
+}
+
 static void serve_lifecycle_on_embedded_defaults(void **state) {
     (void)state;
     char var[512], log[600], pidfile[600];
@@ -194,6 +233,15 @@ static void serve_lifecycle_on_embedded_defaults(void **state) {
         snprintf(db, sizeof db, "%s/strata.db", var);
         assert_int_equal(stat(db, &st), 0);
         assert_int_equal(count_in_file(log, "level=error"), 0);
+        int port = ready_port(log);
+        assert_true(port > 0);
+        char *resp = http_get(port, "/healthz");
+        assert_non_null(strstr(resp, "HTTP/1.1 200"));
+        assert_non_null(strstr(resp, "{\"status\":\"ok\"}"));
+        free(resp);
+        resp = http_get(port, "/readyz"); /* the managed Redis and SQLite answer */
+        assert_non_null(strstr(resp, "HTTP/1.1 200"));
+        free(resp);
 
         /* a second server on the same var dir is refused with a clear message */
         char *out;

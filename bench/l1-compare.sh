@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# l1-compare.sh: L1 hit ratio and throughput, Strata vs Caffeine 2.6.2, in one run.
+#
+#   bench/l1-compare.sh [--quick] [--no-throughput]
+#
+# Builds the Release `strata` (build/release) unless STRATA_BIN points at one,
+# compiles bench/java/L1Compare.java against Debian's libcaffeine-java
+# (scripts/setup-deps --bench installs it), then prints:
+#   1. hit ratio per trace and size: strata (adaptive W-TinyLFU, the default),
+#      fixed (1 % window), exact LRU, Belady's OPT (all from `strata bench
+#      l1-replay --policy all`) and Caffeine 2.6.2 (the same key stream);
+#   2. throughput per mix and thread count: strata vs Caffeine (median of 5
+#      rounds each; Caffeine after a JIT warm-up of 5 rounds) and the ratio.
+# Traces come from ../shared/traces (or $STRATA_TRACES).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TRACES=${STRATA_TRACES:-$ROOT/../shared/traces}
+QUICK=0
+TP=1
+for a in "$@"; do
+  case $a in
+    --quick) QUICK=1 ;;
+    --no-throughput) TP=0 ;;
+    *) echo "usage: bench/l1-compare.sh [--quick] [--no-throughput]" >&2; exit 64 ;;
+  esac
+done
+JAR=/usr/share/java/caffeine.jar
+[ -f "$JAR" ] || { echo "l1-compare: $JAR missing: run scripts/setup-deps --bench" >&2; exit 1; }
+if [ -z "${STRATA_BIN:-}" ]; then
+  cmake -S "$ROOT" -B "$ROOT/build/release" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$ROOT/build/release" --target strata -j2 >/dev/null
+  STRATA_BIN=$ROOT/build/release/strata
+fi
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+javac -d "$WORK" -cp "$JAR" "$ROOT/bench/java/L1Compare.java"
+JAVA="java -Xmx6g -cp $JAR:$WORK L1Compare"
+
+# name|format|file-or-spec|sizes
+CASES=(
+  "oltp|arc|$TRACES/arc-oltp.gz|250 500 1000 2000"
+  "p3|arc|$TRACES/arc-p3.gz|25000 50000 100000 200000 400000"
+  "gli|lirs|$TRACES/lirs-gli.gz|250 500 1000 2000"
+  "loop|lirs|$TRACES/lirs-loop.gz|250 500 1024"
+  "zipf0.8|synth|zipf:0.8:100000:2000000|1000 10000"
+  "zipf0.99|synth|zipf:0.99:100000:2000000|1000 10000"
+  "zipf1.2|synth|zipf:1.2:100000:2000000|1000 10000"
+  "zipf0.99+scans|synth|zipf:0.99:100000:2000000:20|1000 10000"
+)
+[ $QUICK = 1 ] && CASES=("${CASES[0]}" "${CASES[2]}" "${CASES[3]}")
+
+printf '%-15s %8s %9s %9s %9s %9s %9s %8s\n' trace size strata fixed1% lru opt caffeine "s-c(pt)"
+for c in "${CASES[@]}"; do
+  IFS='|' read -r name fmt src sizes <<<"$c"
+  jfmt=$fmt; jsrc=$src
+  if [ "$fmt" = synth ]; then
+    jsrc=$WORK/$name.keys; jfmt=keys
+    "$STRATA_BIN" bench l1-replay --format synth --trace "$src" --size 10 --policy lru --dump "$jsrc" >/dev/null
+  fi
+  declare -A caf=()
+  while read -r _ sz hr; do caf[$sz]=$hr; done < <($JAVA replay "$jfmt" "$jsrc" $sizes)
+  for sz in $sizes; do
+    out=$("$STRATA_BIN" bench l1-replay --format "$fmt" --trace "$src" --size "$sz" --policy all)
+    get() { grep "^$1=" <<<"$out" | sed 's/.*=//; s/%//'; }
+    s=$(get wtinylfu); f=$(get fixed); l=$(get lru); o=$(get opt); k=${caf[$sz]}
+    printf '%-15s %8s %9s %9s %9s %9s %9s %+8.2f\n' "$name" "$sz" "$s" "$f" "$l" "$o" "$k" "$(echo "$s - $k" | bc -l)"
+  done
+  unset caf
+done
+echo "published adaptive Caffeine (OLTP): 39.95 @1000, 46.07 @2000"
+
+[ $TP = 1 ] || exit 0
+echo
+ROUNDS=5; OPS=4000000
+printf '%-8s %7s %14s %14s %7s\n' mix threads strata_ops/s caffeine_ops/s ratio
+sout=$("$STRATA_BIN" bench l1-throughput --threads 1,2 --rounds $ROUNDS --ops $OPS)
+for mix in read100 read90 read75; do
+  for t in 1 2; do
+    s=$(grep "^strata_${mix}_${t}t=" <<<"$sout" | sed 's/.*=//')
+    k=$($JAVA throughput $t $mix 1000000 0.99 $ROUNDS $OPS 10 | awk '{print $2}')
+    printf '%-8s %7s %14s %14s %7.2f\n' "$mix" "$t" "$s" "$k" "$(echo "$s / $k" | bc -l)"
+  done
+done
+grep '^overhead_bytes_per_entry=' <<<"$sout"
+echo "strata read = copy-out strata_l1_get_copy into a 64-byte buffer; caffeine read = getIfPresent"

@@ -1,0 +1,1012 @@
+/*
+ * l1.c: the L1 cache's public API: reads, writes, expiry, loading,
+ * invalidation, stats (include/strata/l1.h).
+ *
+ * Concurrency design (measured in docs/notes/l1.md):
+ *
+ *   readers  hash the key, enter an EBR section (ebr.c), probe the table
+ *            (table.c) without a lock, check the exact TTL, copy the value out
+ *            or take a reference, and record the hit in their stripe's lossy
+ *            ring buffer (Caffeine's read buffer).  No shared cache line is
+ *            written on a hit except the reader's own stripe.
+ *   writers  (set, invalidate, load completion) take the one writer lock,
+ *            update table + policy + timer wheel, evict down to capacity and
+ *            return: the bound is exact when a set returns.  A reader whose
+ *            stripe is half full drains all stripes with a try-lock, so policy
+ *            work is batched and never blocks a read.
+ *
+ * Removed entries go through two steps before their memory is freed: the
+ * eviction listener (called after the lock is released), then the retire
+ * list, from which l1__reclaim frees them once the EBR epoch proves no
+ * reader or read-buffer slot can still reach them (table.c).
+ *
+ * Loading: a miss in get_or_load takes the lock, joins the key's in-flight
+ * load or registers a new one (the loads map), and starts the loader outside
+ * the lock.  Completion stores the value unless the load was detached by an
+ * invalidation or a set in the meantime ("invalidation wins"), then hands each
+ * waiter a reference.  Refresh-ahead uses XFetch (Vattani, Chierichetti,
+ * Lowenstein, "Optimal Probabilistic Cache Stampede Prevention", VLDB 2015):
+ * a hit at time t on a value that took delta to load and goes stale at T
+ * triggers one background reload when t - delta * beta * ln(U) >= T, U
+ * uniform in (0,1]: the closer to T and the slower the load, the likelier.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "l1_internal.h"
+#include "strata/alloc.h"
+#include "strata/status.h"
+
+#define MAX_KEY     65536
+#define MAX_VALUE   (1u << 31)
+#define MAINT_EVERY 32
+
+static _Thread_local uint64_t tls_rng;
+
+static double rand_unit(void) {
+    if (!tls_rng)
+        tls_rng = (uint64_t)(uintptr_t)&tls_rng ^ 0x9E3779B97F4A7C15ULL;
+    uint64_t x = tls_rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    tls_rng = x;
+    return (double)((x >> 11) + 1) / 9007199254740993.0; /* (0, 1] */
+}
+
+const char *strata_l1_cause_name(strata_l1_cause cause) {
+    static const char *names[] = {"size", "expired", "invalidated", "replaced"};
+    return (unsigned)cause < STRATA_L1_CAUSE__COUNT ? names[cause] : "unknown";
+}
+
+void strata_l1_config_init(strata_l1_config *cfg) {
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->capacity = 10000;
+    cfg->weigh = STRATA_L1_WEIGH_ENTRIES;
+    cfg->policy = STRATA_L1_WTINYLFU;
+    cfg->window_pct = 0.01;
+    cfg->doorkeeper = 0; /* measured: costs hit ratio at equal sketch size (docs/notes/l1.md) */
+    cfg->jitter_pct = 10;
+}
+
+static uint64_t now_ns(const strata_l1 *c) { return strata_clock_now_ns(c->clock); }
+
+/* ---- retire / notify ------------------------------------------------------ */
+
+static void retire(strata_l1 *c, strata_l1_entry *e, uint64_t epoch) {
+    e->prev = c->retired;
+    e->next = (strata_l1_entry *)(uintptr_t)epoch;
+    c->retired = e;
+}
+
+void l1__evict(strata_l1 *c, strata_l1_entry *e, strata_l1_cause cause) {
+    (void)l1__table_remove(c, e);
+    l1__policy_remove(c, e);
+    l1__wheel_deschedule(&c->wheel, e);
+    c->n_evict[cause]++;
+    if (c->cfg.listener) {
+        e->spare = (uint16_t)cause;
+        e->next = c->notify;
+        c->notify = e;
+    } else {
+        retire(c, e, l1__ebr_epoch());
+    }
+}
+
+static void lock(strata_l1 *c) { pthread_mutex_lock(&c->lock); }
+
+/* Releases the lock, then tells the listener about what was removed under it. */
+static void unlock(strata_l1 *c) {
+    strata_l1_entry *list = c->notify;
+    c->notify = NULL;
+    pthread_mutex_unlock(&c->lock);
+    while (list) {
+        strata_l1_entry *nx = list->next;
+        c->cfg.listener(c->cfg.listener_ctx, list, (strata_l1_cause)list->spare);
+        strata_l1_entry *top = atomic_load(&c->notified);
+        do {
+            list->prev = top;
+        } while (!atomic_compare_exchange_weak(&c->notified, &top, list));
+        list = nx;
+    }
+}
+
+/* ---- maintenance (lock held) ---------------------------------------------- */
+
+static void drain(strata_l1 *c) {
+    for (unsigned s = 0; s < L1_NSTRIPE; s++) {
+        l1_stripe *st = &c->stripes[s];
+        uint64_t h = atomic_load_explicit(&st->head, memory_order_relaxed);
+        uint64_t t = atomic_load_explicit(&st->tail, memory_order_acquire);
+        while (h < t) {
+            _Atomic(strata_l1_entry *) *slot = &st->slots[h & (L1_RB_SIZE - 1)];
+            strata_l1_entry *e = atomic_load_explicit(slot, memory_order_acquire);
+            if (!e)
+                break; /* claimed, not yet written */
+            atomic_store_explicit(slot, NULL, memory_order_relaxed);
+            l1__policy_access(c, e);
+            h++;
+        }
+        atomic_store_explicit(&st->head, h, memory_order_release);
+    }
+}
+
+static void expire_cb(void *ctx, strata_l1_entry *e) {
+    l1__evict((strata_l1 *)ctx, e, STRATA_L1_CAUSE_EXPIRED);
+}
+
+static void report_metrics(strata_l1 *c) {
+    if (!c->cfg.metrics)
+        return;
+    uint64_t v[16] = {0};
+    for (unsigned s = 0; s < L1_NSTRIPE; s++) {
+        v[0] += atomic_load_explicit(&c->stripes[s].hits, memory_order_relaxed);
+        v[1] += atomic_load_explicit(&c->stripes[s].misses, memory_order_relaxed);
+        v[2] += atomic_load_explicit(&c->stripes[s].stale, memory_order_relaxed);
+        v[3] += atomic_load_explicit(&c->stripes[s].negative, memory_order_relaxed);
+    }
+    v[4] = c->n_loads;
+    v[5] = c->n_load_fail;
+    v[6] = c->n_dropped;
+    for (int i = 0; i < STRATA_L1_CAUSE__COUNT; i++)
+        v[7 + i] = c->n_evict[i];
+    strata_counter *ctr[11] = {c->m_hits,     c->m_misses,    c->m_stale,   c->m_negative,
+                               c->m_loads,    c->m_load_fail, c->m_dropped, c->m_evict[0],
+                               c->m_evict[1], c->m_evict[2],  c->m_evict[3]};
+    for (int i = 0; i < 11; i++) {
+        if (ctr[i] && v[i] > c->rep[i])
+            strata_counter_add(ctr[i], v[i] - c->rep[i]);
+        c->rep[i] = v[i];
+    }
+    if (c->m_entries)
+        strata_gauge_set(c->m_entries, (int64_t)c->entries);
+    if (c->m_cost)
+        strata_gauge_set(c->m_cost, (int64_t)c->total_cost);
+    if (c->m_window)
+        strata_gauge_set(c->m_window, (int64_t)c->window_max);
+}
+
+static void maintain_locked(strata_l1 *c, bool full) {
+    uint64_t epoch = 0;
+    if (full) {
+        /* Entries the listener has seen join the retire list at today's epoch. */
+        strata_l1_entry *n = atomic_exchange(&c->notified, NULL);
+        uint64_t cur = l1__ebr_epoch();
+        while (n) {
+            strata_l1_entry *nx = n->prev;
+            retire(c, n, cur);
+            n = nx;
+        }
+        epoch = l1__ebr_advance(); /* observe the epoch BEFORE draining (see table.c) */
+    }
+    drain(c);
+    if (c->has_ttl)
+        l1__wheel_advance(&c->wheel, now_ns(c), expire_cb, c);
+    if (c->total_cost > c->capacity || c->window_size > c->window_max)
+        l1__policy_evict(c);
+    l1__policy_climb(c);
+    if (full) {
+        l1__reclaim(c, epoch);
+        report_metrics(c);
+    }
+    atomic_store_explicit(&c->size_snapshot, c->entries, memory_order_relaxed);
+    atomic_store_explicit(&c->cost_snapshot, c->total_cost, memory_order_relaxed);
+}
+
+/* After a write: cheap drain every time, the full cycle every MAINT_EVERY writes. */
+static void after_write(strata_l1 *c) {
+    maintain_locked(c, (++c->ops_since_reclaim % MAINT_EVERY) == 0);
+}
+
+void strata_l1_maintain(strata_l1 *c) {
+    lock(c);
+    maintain_locked(c, true);
+    unlock(c);
+}
+
+/* ---- create / destroy ----------------------------------------------------- */
+
+static void register_metrics(strata_l1 *c) {
+    strata_metrics *m = c->cfg.metrics;
+    char lbl[192];
+    snprintf(lbl, sizeof(lbl), "cache=\"%s\"", c->name);
+    c->m_hits =
+        strata_metrics_counter(m, "strata_l1_hits_total", "L1 reads that found a fresh value", lbl);
+    c->m_misses =
+        strata_metrics_counter(m, "strata_l1_misses_total", "L1 reads that found nothing", lbl);
+    c->m_stale = strata_metrics_counter(m, "strata_l1_stale_hits_total",
+                                        "L1 reads served stale (past soft TTL)", lbl);
+    c->m_negative = strata_metrics_counter(m, "strata_l1_negative_hits_total",
+                                           "L1 reads of a cached failure", lbl);
+    c->m_loads = strata_metrics_counter(m, "strata_l1_loads_total", "L1 loads started", lbl);
+    c->m_load_fail =
+        strata_metrics_counter(m, "strata_l1_load_failures_total", "L1 loads that failed", lbl);
+    c->m_dropped = strata_metrics_counter(m, "strata_l1_loads_dropped_total",
+                                          "L1 load results dropped by an invalidation or set", lbl);
+    for (int i = 0; i < STRATA_L1_CAUSE__COUNT; i++) {
+        char l2[256];
+        snprintf(l2, sizeof(l2), "%s,cause=\"%s\"", lbl, strata_l1_cause_name((strata_l1_cause)i));
+        c->m_evict[i] = strata_metrics_counter(m, "strata_l1_evictions_total",
+                                               "L1 entries removed, by cause", l2);
+    }
+    c->m_entries = strata_metrics_gauge(m, "strata_l1_entries", "L1 entries now", lbl);
+    c->m_cost = strata_metrics_gauge(m, "strata_l1_cost", "L1 total cost now", lbl);
+    c->m_window =
+        strata_metrics_gauge(m, "strata_l1_window_size", "L1 W-TinyLFU window size (cost)", lbl);
+}
+
+int strata_l1_create(const strata_l1_config *cfg, strata_l1 **out) {
+    *out = NULL;
+    if (!cfg || cfg->capacity == 0 || cfg->jitter_pct > 50 || cfg->window_pct <= 0 ||
+        cfg->window_pct >= 1 || (unsigned)cfg->policy > STRATA_L1_WTINYLFU_FIXED ||
+        (unsigned)cfg->weigh > STRATA_L1_WEIGH_BYTES || cfg->refresh_beta < 0)
+        return STRATA_EINVAL;
+    strata_l1 *c = strata_calloc(1, sizeof(*c));
+    if (!c)
+        return STRATA_ENOMEM;
+    c->cfg = *cfg;
+    c->capacity = cfg->capacity;
+    if (c->cfg.weigh == STRATA_L1_WEIGH_BYTES && c->cfg.expected_entries == 0)
+        c->cfg.expected_entries = cfg->capacity / 256 + 16;
+    uint64_t expected =
+        c->cfg.weigh == STRATA_L1_WEIGH_ENTRIES ? c->capacity : c->cfg.expected_entries;
+    if (expected > (1ULL << 32))
+        expected = 1ULL << 32;
+    c->name = strata_strdup(cfg->name ? cfg->name : "l1");
+    c->clock = cfg->clock ? cfg->clock : strata_clock_system();
+    c->cfg.name = NULL;
+    c->loads_cap = 64;
+    c->loads = strata_calloc(c->loads_cap, sizeof(*c->loads));
+    int rc = (c->name && c->loads) ? STRATA_OK : STRATA_ENOMEM;
+    if (rc == STRATA_OK)
+        rc = l1__table_init(c, expected);
+    if (rc == STRATA_OK)
+        rc = l1__policy_init(c);
+    if (rc != STRATA_OK) {
+        l1__policy_free(c);
+        l1__table_free(c);
+        strata_free(c->loads);
+        strata_free(c->name);
+        strata_free(c);
+        return rc;
+    }
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&c->lock, &ma);
+    pthread_mutexattr_destroy(&ma);
+    l1__wheel_init(&c->wheel, now_ns(c));
+    if (c->cfg.metrics)
+        register_metrics(c);
+    *out = c;
+    return STRATA_OK;
+}
+
+static void drop_cache_ref(strata_l1_entry *e) {
+    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
+        strata_free(e);
+}
+
+static void destroy_entry_cb(void *ctx, strata_l1_entry *e) {
+    (void)ctx;
+    drop_cache_ref(e);
+}
+
+void strata_l1_destroy(strata_l1 **pc) {
+    if (!pc || !*pc)
+        return;
+    strata_l1 *c = *pc;
+    *pc = NULL;
+    lock(c);
+    report_metrics(c);
+    if (c->m_entries)
+        strata_gauge_set(c->m_entries, 0);
+    if (c->m_cost)
+        strata_gauge_set(c->m_cost, 0);
+    l1__table_foreach(c, destroy_entry_cb, NULL);
+    strata_l1_entry *n = atomic_exchange(&c->notified, NULL);
+    while (n) {
+        strata_l1_entry *nx = n->prev;
+        drop_cache_ref(n);
+        n = nx;
+    }
+    l1__reclaim(c, UINT64_MAX); /* nobody reads any more: free the whole list */
+    for (size_t i = 0; i < c->loads_cap; i++) {
+        strata_l1_load *ld = c->loads[i];
+        while (ld) {
+            strata_l1_load *nx = ld->hnext;
+            ld->mapped = false;
+            ld->hnext = NULL;
+            ld = nx;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_destroy(&c->lock);
+    l1__policy_free(c);
+    l1__table_free(c);
+    strata_free(c->loads);
+    strata_free(c->name);
+    strata_free(c);
+}
+
+/* ---- entries -------------------------------------------------------------- */
+
+static strata_l1_entry *entry_new(const void *key, size_t klen, uint32_t hash, const void *val,
+                                  size_t vlen, bool ttl) {
+    size_t size = sizeof(strata_l1_entry) + (ttl ? sizeof(l1_ttl) : 0) + klen + vlen;
+    strata_l1_entry *e = strata_malloc(size);
+    if (!e)
+        return NULL;
+    e->prev = e->next = NULL;
+    e->hash = hash;
+    atomic_init(&e->refs, 1);
+    e->klen = (uint32_t)klen;
+    e->vlen = (uint32_t)vlen;
+    e->cost = 1;
+    e->queue = L1_Q_NONE;
+    e->flags = ttl ? L1_F_TTL : 0;
+    e->spare = 0;
+    if (ttl)
+        memset(e->data, 0, sizeof(l1_ttl));
+    memcpy(l1_entry_keyp(e), key, klen);
+    if (vlen)
+        memcpy(l1_entry_valp(e), val, vlen);
+    return e;
+}
+
+const void *strata_l1_entry_key(const strata_l1_entry *e, size_t *klen) {
+    if (klen)
+        *klen = e->klen;
+    return l1_entry_keyp(e);
+}
+
+const void *strata_l1_entry_value(const strata_l1_entry *e, size_t *vlen) {
+    if (vlen)
+        *vlen = e->vlen;
+    return l1_entry_valp(e);
+}
+
+int strata_l1_entry_status(const strata_l1_entry *e) {
+    return (e->flags & L1_F_NEG) ? l1_entry_ttl(e)->neg_status : STRATA_OK;
+}
+
+strata_l1_entry *strata_l1_acquire_entry(const strata_l1_entry *e) {
+    strata_l1_entry *m = (strata_l1_entry *)e;
+    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    return m;
+}
+
+void strata_l1_release(strata_l1_entry **pe) {
+    if (!pe || !*pe)
+        return;
+    strata_l1_entry *e = *pe;
+    *pe = NULL;
+    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
+        strata_free(e);
+}
+
+static uint32_t entry_cost(const strata_l1 *c, size_t klen, size_t vlen, uint32_t given) {
+    if (given)
+        return given;
+    if (c->cfg.weigh == STRATA_L1_WEIGH_BYTES) {
+        uint64_t v = (uint64_t)klen + vlen + STRATA_L1_ENTRY_OVERHEAD;
+        return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+    }
+    return 1;
+}
+
+static uint64_t jittered(uint64_t ttl, unsigned pct) {
+    if (!pct || !ttl)
+        return ttl;
+    double f = 1.0 + ((double)pct / 100.0) * (2.0 * rand_unit() - 1.0);
+    double v = (double)ttl * f;
+    return v < 1 ? 1 : (uint64_t)v;
+}
+
+/* ---- the loads map (lock held) -------------------------------------------- */
+
+static strata_l1_load **load_slot(strata_l1 *c, const void *key, size_t klen, uint32_t hash) {
+    strata_l1_load **pp = &c->loads[hash & (c->loads_cap - 1)];
+    while (*pp &&
+           !((*pp)->hash == hash && (*pp)->klen == klen && memcmp((*pp)->key, key, klen) == 0))
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+static void load_unmap(strata_l1 *c, strata_l1_load *ld) {
+    strata_l1_load **pp = &c->loads[ld->hash & (c->loads_cap - 1)];
+    while (*pp && *pp != ld)
+        pp = &(*pp)->hnext;
+    if (*pp) {
+        *pp = ld->hnext;
+        c->nloads--;
+    }
+    ld->hnext = NULL;
+    ld->mapped = false;
+}
+
+static void load_map(strata_l1 *c, strata_l1_load *ld) {
+    if (c->nloads >= c->loads_cap) { /* grow; on ENOMEM chains just get longer */
+        size_t ncap = c->loads_cap * 2;
+        strata_l1_load **nb = strata_calloc(ncap, sizeof(*nb));
+        if (nb) {
+            for (size_t i = 0; i < c->loads_cap; i++) {
+                strata_l1_load *x = c->loads[i];
+                while (x) {
+                    strata_l1_load *nx = x->hnext;
+                    x->hnext = nb[x->hash & (ncap - 1)];
+                    nb[x->hash & (ncap - 1)] = x;
+                    x = nx;
+                }
+            }
+            strata_free(c->loads);
+            c->loads = nb;
+            c->loads_cap = ncap;
+        }
+    }
+    strata_l1_load **b = &c->loads[ld->hash & (c->loads_cap - 1)];
+    ld->hnext = *b;
+    *b = ld;
+    ld->mapped = true;
+    c->nloads++;
+}
+
+/* An invalidation or set detaches the key's in-flight load: its result will not be stored. */
+static void drop_load(strata_l1 *c, const void *key, size_t klen, uint32_t hash) {
+    strata_l1_load *ld = *load_slot(c, key, klen, hash);
+    if (ld) {
+        load_unmap(c, ld);
+        c->n_dropped++;
+    }
+}
+
+/* ---- writes ---------------------------------------------------------------- */
+
+static void detach_old(strata_l1 *c, strata_l1_entry *old) {
+    l1__policy_remove(c, old);
+    l1__wheel_deschedule(&c->wheel, old);
+    c->n_evict[STRATA_L1_CAUSE_REPLACED]++;
+    if (c->cfg.listener) {
+        old->spare = STRATA_L1_CAUSE_REPLACED;
+        old->next = c->notify;
+        c->notify = old;
+    } else {
+        retire(c, old, l1__ebr_epoch());
+    }
+}
+
+/* Lock held: publishes e (refs = 1, the cache's) for its key. */
+static int store_locked(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
+    strata_l1_entry *old = NULL;
+    drain(c); /* reads that happened before this write count before its eviction */
+    int rc = l1__table_put(c, e, tag, &old);
+    if (rc < 0)
+        return rc;
+    if (old)
+        detach_old(c, old);
+    l1__policy_add(c, e);
+    if (e->flags & L1_F_TTL) {
+        l1__wheel_schedule(&c->wheel, e);
+        c->has_ttl = 1;
+    }
+    /* Evict down to capacity; the new entry itself is never the one to go
+     * while anything else can (read-your-write: no silently dropped set). */
+    if (c->total_cost > c->capacity || c->window_size > c->window_max) {
+        c->pinned = e;
+        l1__policy_evict(c);
+        c->pinned = NULL;
+    }
+    return STRATA_OK;
+}
+
+static void fill_ttl(strata_l1_entry *e, uint64_t now, uint64_t soft, uint64_t stale) {
+    l1_ttl *t = l1_entry_ttl(e);
+    t->soft_ns = now + soft;
+    t->hard_ns = t->soft_ns + stale;
+}
+
+int strata_l1_set(strata_l1 *c, const void *key, size_t klen, const void *val, size_t vlen,
+                  const strata_l1_set_opts *opts) {
+    if (!c || !key || klen == 0 || klen > MAX_KEY || (!val && vlen))
+        return STRATA_EINVAL;
+    if (vlen >= MAX_VALUE)
+        return STRATA_ETOOBIG;
+    uint32_t cost = entry_cost(c, klen, vlen, opts ? opts->cost : 0);
+    if (cost > c->capacity)
+        return STRATA_ETOOBIG;
+    uint64_t ttl = opts && opts->ttl_ns ? opts->ttl_ns : c->cfg.ttl_ns;
+    uint64_t stale = opts ? opts->stale_ns : 0;
+    if (opts && opts->no_ttl)
+        ttl = stale = 0;
+    if (opts && opts->jitter)
+        ttl = jittered(ttl, c->cfg.jitter_pct);
+    uint16_t tag;
+    uint32_t hash = l1__hash(key, klen, &tag);
+    strata_l1_entry *e = entry_new(key, klen, hash, val, vlen, ttl != 0);
+    if (!e)
+        return STRATA_ENOMEM;
+    e->cost = cost;
+    if (ttl)
+        fill_ttl(e, now_ns(c), ttl, stale);
+    lock(c);
+    int rc = store_locked(c, e, tag);
+    if (rc == STRATA_OK) {
+        drop_load(c, key, klen, hash); /* a set wins over an in-flight load */
+        after_write(c);
+    }
+    unlock(c);
+    if (rc < 0)
+        strata_free(e);
+    return rc;
+}
+
+/* ---- reads ----------------------------------------------------------------- */
+
+static inline void record_read(strata_l1 *c, l1_stripe *st, strata_l1_entry *e) {
+    uint64_t t = atomic_load_explicit(&st->tail, memory_order_relaxed);
+    uint64_t h = atomic_load_explicit(&st->head, memory_order_acquire);
+    if (t - h >= L1_RB_SIZE)
+        return; /* full: lossy */
+    if (!atomic_compare_exchange_strong_explicit(&st->tail, &t, t + 1, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return; /* contended: lossy */
+    atomic_store_explicit(&st->slots[t & (L1_RB_SIZE - 1)], e, memory_order_release);
+    (void)c;
+}
+
+static inline void maybe_drain(strata_l1 *c, l1_stripe *st) {
+    uint64_t t = atomic_load_explicit(&st->tail, memory_order_relaxed);
+    uint64_t h = atomic_load_explicit(&st->head, memory_order_relaxed);
+    if (t - h < L1_RB_SIZE / 2)
+        return;
+    if (pthread_mutex_trylock(&c->lock) != 0)
+        return;
+    maintain_locked(c, (++c->ops_since_reclaim % MAINT_EVERY) == 0);
+    unlock(c);
+}
+
+/* Classifies a found entry at time now (loaded lazily); -1 = expired. */
+static inline int classify(const strata_l1 *c, const strata_l1_entry *e, uint64_t *now) {
+    if (!(e->flags & L1_F_TTL))
+        return STRATA_L1_HIT;
+    const l1_ttl *t = l1_entry_ttl(e);
+    if (!*now)
+        *now = now_ns(c);
+    if (*now >= t->hard_ns)
+        return -1;
+    if (e->flags & L1_F_NEG)
+        return STRATA_L1_NEGATIVE;
+    return *now >= t->soft_ns ? STRATA_L1_STALE : STRATA_L1_HIT;
+}
+
+static inline void count(l1_stripe *st, int outcome) {
+    _Atomic uint64_t *p = outcome == STRATA_L1_HIT        ? &st->hits
+                          : outcome == STRATA_L1_STALE    ? &st->stale
+                          : outcome == STRATA_L1_NEGATIVE ? &st->negative
+                                                          : &st->misses;
+    atomic_fetch_add_explicit(p, 1, memory_order_relaxed);
+}
+
+/* The lock-free read: returns the outcome or STRATA_ENOTFOUND; calls fn on the entry inside the section. */
+typedef struct read_ctx {
+    void *buf;
+    size_t cap;
+    size_t vlen;
+    strata_buf *out;
+    strata_l1_entry *ref;
+    int rc;
+    uint64_t now;
+} read_ctx;
+
+enum { READ_COPY, READ_BUF, READ_REF };
+
+static int do_read(strata_l1 *c, const void *key, size_t klen, int mode, read_ctx *rx) {
+    if (!c || !key || klen == 0 || klen > MAX_KEY)
+        return STRATA_EINVAL;
+    uint16_t tag;
+    uint32_t hash = l1__hash(key, klen, &tag);
+    int r = l1__ebr_enter();
+    l1_stripe *st = &c->stripes[r & (L1_NSTRIPE - 1)];
+    strata_l1_entry *e = l1__table_find(c, key, klen, hash, tag);
+    int oc = e ? classify(c, e, &rx->now) : -1;
+    if (oc < 0) {
+        l1__ebr_exit(r);
+        count(st, -1);
+        return STRATA_ENOTFOUND;
+    }
+    int rc = oc;
+    rx->vlen = e->vlen;
+    if (mode == READ_COPY) {
+        if (rx->buf && e->vlen <= rx->cap)
+            memcpy(rx->buf, l1_entry_valp(e), e->vlen);
+        else if (rx->buf)
+            rc = STRATA_ERANGE;
+    } else if (mode == READ_BUF) {
+        if (strata_buf_append(rx->out, l1_entry_valp(e), e->vlen) < 0)
+            rc = STRATA_ENOMEM;
+    } else {
+        rx->ref = strata_l1_acquire_entry(e);
+    }
+    record_read(c, st, e);
+    l1__ebr_exit(r);
+    count(st, oc);
+    maybe_drain(c, st);
+    return rc;
+}
+
+int strata_l1_get_copy(strata_l1 *c, const void *key, size_t klen, void *buf, size_t cap,
+                       size_t *vlen) {
+    read_ctx rx = {buf, cap, 0, NULL, NULL, 0, 0};
+    int rc = do_read(c, key, klen, READ_COPY, &rx);
+    if (vlen && (rc >= 0 || rc == STRATA_ERANGE))
+        *vlen = rx.vlen;
+    return rc;
+}
+
+int strata_l1_get_buf(strata_l1 *c, const void *key, size_t klen, strata_buf *out) {
+    if (!out)
+        return STRATA_EINVAL;
+    read_ctx rx = {NULL, 0, 0, out, NULL, 0, 0};
+    return do_read(c, key, klen, READ_BUF, &rx);
+}
+
+int strata_l1_acquire(strata_l1 *c, const void *key, size_t klen, strata_l1_entry **pe) {
+    if (!pe)
+        return STRATA_EINVAL;
+    *pe = NULL;
+    read_ctx rx = {NULL, 0, 0, NULL, NULL, 0, 0};
+    int rc = do_read(c, key, klen, READ_REF, &rx);
+    *pe = rx.ref;
+    return rc;
+}
+
+/* ---- invalidation ------------------------------------------------------------ */
+
+int strata_l1_invalidate(strata_l1 *c, const void *key, size_t klen) {
+    if (!c || !key || klen == 0 || klen > MAX_KEY)
+        return STRATA_EINVAL;
+    uint16_t tag;
+    uint32_t hash = l1__hash(key, klen, &tag);
+    lock(c);
+    drop_load(c, key, klen, hash);
+    strata_l1_entry *e = l1__table_find(c, key, klen, hash, tag);
+    if (e)
+        l1__evict(c, e, STRATA_L1_CAUSE_INVALIDATED);
+    after_write(c);
+    unlock(c);
+    return e ? STRATA_OK : STRATA_ENOTFOUND;
+}
+
+typedef struct prefix_ctx {
+    strata_l1 *c;
+    const void *p;
+    size_t n;
+    int64_t removed;
+} prefix_ctx;
+
+static void prefix_cb(void *ctx, strata_l1_entry *e) {
+    prefix_ctx *px = ctx;
+    if (e->klen >= px->n && memcmp(l1_entry_keyp(e), px->p, px->n) == 0) {
+        l1__evict(px->c, e, STRATA_L1_CAUSE_INVALIDATED);
+        px->removed++;
+    }
+}
+
+int64_t strata_l1_invalidate_prefix(strata_l1 *c, const void *prefix, size_t plen) {
+    if (!c || (!prefix && plen))
+        return STRATA_EINVAL;
+    lock(c);
+    for (size_t i = 0; i < c->loads_cap; i++) {
+        strata_l1_load *ld = c->loads[i];
+        while (ld) {
+            strata_l1_load *nx = ld->hnext;
+            if (ld->klen >= plen && memcmp(ld->key, prefix, plen) == 0) {
+                load_unmap(c, ld);
+                c->n_dropped++;
+            }
+            ld = nx;
+        }
+    }
+    prefix_ctx px = {c, prefix, plen, 0};
+    l1__table_foreach(c, prefix_cb, &px);
+    maintain_locked(c, true);
+    unlock(c);
+    return px.removed;
+}
+
+int64_t strata_l1_clear(strata_l1 *c) {
+    if (!c)
+        return STRATA_EINVAL;
+    return strata_l1_invalidate_prefix(c, "", 0);
+}
+
+/* ---- loading ----------------------------------------------------------------- */
+
+const void *strata_l1_load_key(const strata_l1_load *ld, size_t *klen) {
+    if (klen)
+        *klen = ld->klen;
+    return ld->key;
+}
+
+static strata_l1_load *load_new(strata_l1 *c, const void *key, size_t klen, uint32_t hash) {
+    strata_l1_load *ld = strata_calloc(1, sizeof(*ld) + klen);
+    if (!ld)
+        return NULL;
+    ld->c = c;
+    ld->hash = hash;
+    ld->klen = klen;
+    memcpy(ld->key, key, klen);
+    ld->start_ns = now_ns(c);
+    return ld;
+}
+
+/* Starts a background refresh of key if none is in flight (lock not held). */
+static void start_refresh(strata_l1 *c, const void *key, size_t klen, uint32_t hash,
+                          strata_l1_loader_fn loader, void *loader_ctx) {
+    lock(c);
+    if (*load_slot(c, key, klen, hash)) {
+        unlock(c);
+        return;
+    }
+    strata_l1_load *ld = load_new(c, key, klen, hash);
+    if (!ld) {
+        unlock(c);
+        return; /* no memory: the current value keeps being served */
+    }
+    ld->refresh = true;
+    load_map(c, ld);
+    c->n_loads++;
+    c->n_refresh++;
+    unlock(c);
+    loader(loader_ctx, ld, ld->key, ld->klen);
+}
+
+static bool xfetch_due(const strata_l1 *c, const strata_l1_entry *e, uint64_t now) {
+    if (c->cfg.refresh_beta <= 0 || !(e->flags & L1_F_TTL) || (e->flags & L1_F_NEG))
+        return false;
+    const l1_ttl *t = l1_entry_ttl(e);
+    double delta = (double)t->delta_us * 1000.0;
+    if (delta <= 0)
+        delta = 1e6; /* unknown load time: assume 1 ms */
+    double early = -delta * c->cfg.refresh_beta * log(rand_unit());
+    return (double)now + early >= (double)t->soft_ns;
+}
+
+int strata_l1_get_or_load(strata_l1 *c, const void *key, size_t klen, strata_l1_loader_fn loader,
+                          void *loader_ctx, strata_l1_done_fn done, void *ud,
+                          strata_l1_entry **pe) {
+    if (!c || !key || klen == 0 || klen > MAX_KEY || !loader || !done || !pe)
+        return STRATA_EINVAL;
+    *pe = NULL;
+    read_ctx rx = {NULL, 0, 0, NULL, NULL, 0, 0};
+    int rc = do_read(c, key, klen, READ_REF, &rx);
+    uint16_t tag;
+    uint32_t hash = l1__hash(key, klen, &tag);
+    if (rc >= 0) {
+        *pe = rx.ref;
+        uint64_t now = rx.now ? rx.now : now_ns(c);
+        if (rc == STRATA_L1_STALE || (rc == STRATA_L1_HIT && xfetch_due(c, rx.ref, now)))
+            start_refresh(c, key, klen, hash, loader, loader_ctx);
+        return rc;
+    }
+    lock(c);
+    /* Re-check under the lock: a load may have completed since the read. */
+    strata_l1_entry *e = l1__table_find(c, key, klen, hash, tag);
+    if (e) {
+        uint64_t now = 0;
+        int oc = classify(c, e, &now);
+        if (oc >= 0) {
+            *pe = strata_l1_acquire_entry(e);
+            unlock(c);
+            if (oc == STRATA_L1_STALE)
+                start_refresh(c, key, klen, hash, loader, loader_ctx);
+            return oc;
+        }
+    }
+    strata_l1_load *ld = *load_slot(c, key, klen, hash);
+    if (ld) {
+        if (!ld->first.done) { /* a background refresh: become its first waiter */
+            ld->first.done = done;
+            ld->first.ud = ud;
+        } else {
+            l1_waiter *w = strata_malloc(sizeof(*w));
+            if (!w) {
+                unlock(c);
+                return STRATA_ENOMEM;
+            }
+            w->done = done;
+            w->ud = ud;
+            w->next = ld->more;
+            ld->more = w;
+        }
+        c->n_joins++;
+        unlock(c);
+        return STRATA_L1_PENDING;
+    }
+    ld = load_new(c, key, klen, hash);
+    if (!ld) {
+        unlock(c);
+        return STRATA_ENOMEM;
+    }
+    ld->first.done = done;
+    ld->first.ud = ud;
+    load_map(c, ld);
+    c->n_loads++;
+    unlock(c);
+    loader(loader_ctx, ld, ld->key, ld->klen);
+    return STRATA_L1_PENDING;
+}
+
+int strata_l1_load_complete(strata_l1_load *ld, int status, const void *val, size_t vlen,
+                            const strata_l1_set_opts *opts) {
+    if (!ld)
+        return STRATA_EINVAL;
+    strata_l1 *c = ld->c;
+    uint64_t now = now_ns(c);
+    uint64_t took = now > ld->start_ns ? now - ld->start_ns : 0;
+    strata_l1_entry *e = NULL;
+    int rc = STRATA_OK;
+    bool negative = false;
+    if (status == STRATA_OK && vlen >= MAX_VALUE)
+        status = STRATA_ETOOBIG;
+    if (status == STRATA_OK) {
+        uint64_t ttl = opts && opts->ttl_ns ? opts->ttl_ns
+                       : c->cfg.load_ttl_ns ? c->cfg.load_ttl_ns
+                                            : c->cfg.ttl_ns;
+        uint64_t stale = opts && opts->stale_ns ? opts->stale_ns : c->cfg.stale_ns;
+        if (opts && opts->no_ttl)
+            ttl = stale = 0;
+        if (!opts || opts->jitter || !opts->ttl_ns)
+            ttl = jittered(ttl, c->cfg.jitter_pct);
+        e = entry_new(ld->key, ld->klen, ld->hash, val, vlen, ttl != 0 || stale != 0);
+        if (e) {
+            e->cost = entry_cost(c, ld->klen, vlen, opts ? opts->cost : 0);
+            if (e->flags & L1_F_TTL) {
+                fill_ttl(e, now, ttl ? ttl : UINT64_MAX / 4, stale);
+                l1_entry_ttl(e)->delta_us =
+                    (uint32_t)(took / 1000 > UINT32_MAX ? UINT32_MAX : took / 1000);
+            }
+        } else {
+            rc = STRATA_ENOMEM;
+        }
+    } else if (c->cfg.negative_ttl_ns) {
+        e = entry_new(ld->key, ld->klen, ld->hash, NULL, 0, true);
+        if (e) {
+            e->flags |= L1_F_NEG;
+            e->cost = entry_cost(c, ld->klen, 0, 0);
+            fill_ttl(e, now, c->cfg.negative_ttl_ns, 0);
+            l1_entry_ttl(e)->neg_status = status;
+            negative = true;
+        }
+    }
+    uint16_t tag;
+    (void)l1__hash(ld->key, ld->klen, &tag);
+
+    lock(c);
+    bool store = ld->mapped;
+    if (ld->mapped)
+        load_unmap(c, ld);
+    if (status != STRATA_OK)
+        c->n_load_fail++;
+    strata_l1_entry *give = NULL; /* what the waiters get */
+    int wstatus = status, woutcome = STRATA_L1_HIT;
+    if (status == STRATA_OK && !e) {
+        wstatus = STRATA_ENOMEM;
+    } else if (status != STRATA_OK) {
+        /* stale-if-error: a current entry still within its hard TTL is served */
+        strata_l1_entry *cur = l1__table_find(c, ld->key, ld->klen, ld->hash, tag);
+        uint64_t t0 = now;
+        int oc = cur ? classify(c, cur, &t0) : -1;
+        if (cur && (oc == STRATA_L1_HIT || oc == STRATA_L1_STALE)) {
+            give = cur;
+            wstatus = STRATA_OK;
+            woutcome = STRATA_L1_STALE;
+            if (e) {
+                strata_free(e); /* keep the stale value rather than caching the failure */
+                e = NULL;
+                negative = false;
+            }
+        } else {
+            woutcome = STRATA_L1_PENDING; /* nothing cached; NEGATIVE once stored below */
+        }
+    }
+    bool stored = false;
+    if (e && store) {
+        if (store_locked(c, e, tag) == STRATA_OK) {
+            stored = true;
+            after_write(c);
+        } else if (!negative) {
+            rc = STRATA_ENOMEM; /* the table could not grow: waiters still get the value */
+        }
+    }
+    if (e && !stored && negative) {
+        strata_free(e);
+        e = NULL;
+    }
+    if (negative && stored)
+        woutcome = STRATA_L1_NEGATIVE;
+    if (e && !negative)
+        give = e;
+    /* One reference per waiter, taken under the lock. */
+    int nw = (ld->first.done ? 1 : 0);
+    for (l1_waiter *w = ld->more; w; w = w->next)
+        nw++;
+    if (give && stored) {
+        atomic_fetch_add_explicit(&give->refs, (uint32_t)nw, memory_order_relaxed);
+    } else if (give && give == e) {
+        /* never published: the waiters own it */
+        atomic_store_explicit(&give->refs, (uint32_t)nw, memory_order_relaxed);
+        if (nw == 0) {
+            strata_free(give);
+            give = NULL;
+        }
+    } else if (give) {
+        atomic_fetch_add_explicit(&give->refs, (uint32_t)nw, memory_order_relaxed);
+    }
+    unlock(c);
+
+    if (ld->first.done)
+        ld->first.done(ld->first.ud, wstatus, (strata_l1_outcome)woutcome, give);
+    l1_waiter *w = ld->more;
+    while (w) {
+        l1_waiter *nx = w->next;
+        w->done(w->ud, wstatus, (strata_l1_outcome)woutcome, give);
+        strata_free(w);
+        w = nx;
+    }
+    strata_free(ld);
+    return rc;
+}
+
+/* ---- stats ------------------------------------------------------------------- */
+
+void strata_l1_stats_get(strata_l1 *c, strata_l1_stats *out) {
+    memset(out, 0, sizeof(*out));
+    for (unsigned s = 0; s < L1_NSTRIPE; s++) {
+        out->hits += atomic_load_explicit(&c->stripes[s].hits, memory_order_relaxed);
+        out->misses += atomic_load_explicit(&c->stripes[s].misses, memory_order_relaxed);
+        out->stale_hits += atomic_load_explicit(&c->stripes[s].stale, memory_order_relaxed);
+        out->negative_hits += atomic_load_explicit(&c->stripes[s].negative, memory_order_relaxed);
+    }
+    lock(c);
+    out->loads = c->n_loads;
+    out->load_failures = c->n_load_fail;
+    out->loads_dropped = c->n_dropped;
+    out->load_joins = c->n_joins;
+    out->refreshes = c->n_refresh;
+    for (int i = 0; i < STRATA_L1_CAUSE__COUNT; i++)
+        out->evictions[i] = c->n_evict[i];
+    out->entries = c->entries;
+    out->cost = c->total_cost;
+    out->capacity = c->capacity;
+    out->window_max = c->window_max;
+    report_metrics(c);
+    unlock(c);
+}
+
+uint64_t strata_l1_size(strata_l1 *c) {
+    lock(c);
+    uint64_t n = c->entries;
+    unlock(c);
+    return n;
+}
+
+uint64_t strata_l1_cost(strata_l1 *c) {
+    lock(c);
+    uint64_t n = c->total_cost;
+    unlock(c);
+    return n;
+}
+
+int strata_l1_frequency(strata_l1 *c, const void *key, size_t klen) {
+    if (!c || c->cfg.policy == STRATA_L1_LRU)
+        return 0;
+    uint16_t tag;
+    uint32_t hash = l1__hash(key, klen, &tag);
+    lock(c);
+    drain(c);
+    int f = l1__sketch_frequency(&c->sketch, hash);
+    unlock(c);
+    return f;
+}

@@ -1,0 +1,349 @@
+/*
+ * test_l1_concurrency.c: the L1 cache under threads (also built as a
+ * ThreadSanitizer twin): references and copy-out reads racing evictions and
+ * replacements, singleflight under contention with loads completed on
+ * another thread, and invalidations racing in-flight loads.
+ */
+/* ctest-labels: tsan */
+/* ctest-timeout: 300 */
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "strata/l1.h"
+#include "strata/status.h"
+
+#ifdef __SANITIZE_THREAD__
+#define OPS 40000
+#else
+#define OPS 200000
+#endif
+
+/* Values encode their key ("k17" -> "k17=k17=k17..."), so a torn or
+ * recycled entry is detected by any reader. */
+static size_t make_value(char *out, size_t cap, const char *key, unsigned len) {
+    size_t kl = strlen(key), n = 0;
+    while (n + kl + 1 < cap && n < len) {
+        memcpy(out + n, key, kl);
+        n += kl;
+        out[n++] = '=';
+    }
+    return n;
+}
+
+static int value_ok(const char *key, const char *v, size_t vl) {
+    size_t kl = strlen(key);
+    if (vl == 0 || vl % (kl + 1) != 0)
+        return 0;
+    for (size_t i = 0; i < vl; i += kl + 1)
+        if (memcmp(v + i, key, kl) != 0 || v[i + kl] != '=')
+            return 0;
+    return 1;
+}
+
+typedef struct {
+    strata_l1 *c;
+    int id;
+    atomic_int *errors;
+    atomic_int *stop;
+} rw_arg;
+
+static void *writer(void *p) {
+    rw_arg *a = p;
+    uint32_t x = 12345u + (uint32_t)a->id;
+    char k[16], v[256];
+    for (int i = 0; i < OPS; i++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        snprintf(k, sizeof k, "k%u", x % 500);
+        size_t vl = make_value(v, sizeof v, k, 1 + x % 200);
+        int rc = strata_l1_set(a->c, k, strlen(k), v, vl, NULL);
+        if (rc != STRATA_OK)
+            atomic_fetch_add(a->errors, 1);
+        if (x % 97 == 0)
+            strata_l1_invalidate(a->c, k, strlen(k));
+        if (x % 4999 == 0)
+            strata_l1_invalidate_prefix(a->c, "k1", 2);
+    }
+    return NULL;
+}
+
+static void *reader(void *p) {
+    rw_arg *a = p;
+    uint32_t x = 777u + (uint32_t)a->id;
+    char k[16], buf[256];
+    strata_l1_entry *held[8] = {0};
+    char heldk[8][16];
+    for (int i = 0; i < OPS; i++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        snprintf(k, sizeof k, "k%u", x % 500);
+        if (x & 1) {
+            size_t vl = 0;
+            int rc = strata_l1_get_copy(a->c, k, strlen(k), buf, sizeof buf, &vl);
+            if (rc >= 0 && !value_ok(k, buf, vl))
+                atomic_fetch_add(a->errors, 1);
+        } else {
+            /* hold references across many later operations (and evictions) */
+            int slot = (int)((x >> 8) & 7);
+            if (held[slot]) {
+                size_t vl;
+                const char *v = strata_l1_entry_value(held[slot], &vl);
+                if (!value_ok(heldk[slot], v, vl))
+                    atomic_fetch_add(a->errors, 1);
+                strata_l1_release(&held[slot]);
+            }
+            if (strata_l1_acquire(a->c, k, strlen(k), &held[slot]) >= 0)
+                memcpy(heldk[slot], k, sizeof k);
+        }
+    }
+    for (int s = 0; s < 8; s++)
+        strata_l1_release(&held[s]);
+    return NULL;
+}
+
+static void test_refs_survive_concurrent_eviction(void **state) {
+    (void)state;
+    strata_l1_config cfg;
+    strata_l1_config_init(&cfg);
+    cfg.capacity = 64;
+    strata_l1 *c;
+    assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
+    atomic_int errors = 0, stop = 0;
+    pthread_t t[4];
+    rw_arg a[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = (rw_arg){c, i, &errors, &stop};
+        assert_int_equal(pthread_create(&t[i], NULL, i < 2 ? writer : reader, &a[i]), 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(atomic_load(&errors), 0);
+    assert_true(strata_l1_size(c) <= 64);
+    strata_l1_stats st;
+    strata_l1_stats_get(c, &st);
+    assert_true(st.evictions[STRATA_L1_CAUSE_SIZE] > 0);
+    assert_true(st.hits > 0);
+    strata_l1_destroy(&c);
+}
+
+/* ---- singleflight with completion on another thread ------------------------ */
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    strata_l1_load *queue[1024]; /* > ROUNDS: workers may run ahead of completions */
+    int n;
+    int quit;
+    atomic_int started;
+} completer;
+
+static void async_loader(void *ctx, strata_l1_load *ld, const void *key, size_t klen) {
+    (void)key;
+    (void)klen;
+    completer *cp = ctx;
+    atomic_fetch_add(&cp->started, 1);
+    pthread_mutex_lock(&cp->mu);
+    cp->queue[cp->n++] = ld;
+    pthread_cond_signal(&cp->cv);
+    pthread_mutex_unlock(&cp->mu);
+}
+
+static void *completer_main(void *p) {
+    completer *cp = p;
+    pthread_mutex_lock(&cp->mu);
+    for (;;) {
+        while (cp->n == 0 && !cp->quit)
+            pthread_cond_wait(&cp->cv, &cp->mu);
+        if (cp->n == 0 && cp->quit)
+            break;
+        strata_l1_load *ld = cp->queue[--cp->n];
+        pthread_mutex_unlock(&cp->mu);
+        size_t kl;
+        const char *k = strata_l1_load_key(ld, &kl);
+        char v[64];
+        snprintf(v, sizeof v, "%.*s", (int)kl, k);
+        strata_l1_load_complete(ld, STRATA_OK, v, strlen(v), NULL);
+        pthread_mutex_lock(&cp->mu);
+    }
+    pthread_mutex_unlock(&cp->mu);
+    return NULL;
+}
+
+typedef struct {
+    strata_l1 *c;
+    completer *cp;
+    pthread_barrier_t *bar;
+    atomic_int *done_calls;
+    atomic_int *bad;
+    int rounds;
+} sf_arg;
+
+static void sf_done(void *ud, int status, strata_l1_outcome outcome, strata_l1_entry *e) {
+    sf_arg *a = ud;
+    if (status != STRATA_OK || !e)
+        atomic_fetch_add(a->bad, 1);
+    strata_l1_release(&e);
+    (void)outcome;
+    atomic_fetch_add(a->done_calls, 1);
+}
+
+static void *sf_worker(void *p) {
+    sf_arg *a = p;
+    for (int r = 0; r < a->rounds; r++) {
+        char k[16];
+        snprintf(k, sizeof k, "sf%d", r);
+        pthread_barrier_wait(a->bar);
+        strata_l1_entry *e = NULL;
+        int rc = strata_l1_get_or_load(a->c, k, strlen(k), async_loader, a->cp, sf_done, a, &e);
+        if (rc == STRATA_L1_HIT) {
+            size_t vl;
+            const char *v = strata_l1_entry_value(e, &vl);
+            if (vl != strlen(k) || memcmp(v, k, vl) != 0)
+                atomic_fetch_add(a->bad, 1);
+            strata_l1_release(&e);
+            atomic_fetch_add(a->done_calls, 1);
+        } else if (rc != STRATA_L1_PENDING) {
+            atomic_fetch_add(a->bad, 1);
+        }
+    }
+    return NULL;
+}
+
+static void test_singleflight_contention(void **state) {
+    (void)state;
+    strata_l1_config cfg;
+    strata_l1_config_init(&cfg);
+    cfg.capacity = 10000;
+    strata_l1 *c;
+    assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
+    completer cp = {.n = 0, .quit = 0};
+    pthread_mutex_init(&cp.mu, NULL);
+    pthread_cond_init(&cp.cv, NULL);
+    atomic_init(&cp.started, 0);
+    pthread_t ct;
+    pthread_create(&ct, NULL, completer_main, &cp);
+    enum { T = 4, ROUNDS = 200 };
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, T);
+    atomic_int done_calls = 0, bad = 0;
+    sf_arg a = {c, &cp, &bar, &done_calls, &bad, ROUNDS};
+    pthread_t t[T];
+    for (int i = 0; i < T; i++)
+        pthread_create(&t[i], NULL, sf_worker, &a);
+    for (int i = 0; i < T; i++)
+        pthread_join(t[i], NULL);
+    pthread_mutex_lock(&cp.mu);
+    cp.quit = 1;
+    pthread_cond_signal(&cp.cv);
+    pthread_mutex_unlock(&cp.mu);
+    pthread_join(ct, NULL);
+    /* every caller answered exactly once; one load per key */
+    assert_int_equal(atomic_load(&done_calls), T * ROUNDS);
+    assert_int_equal(atomic_load(&bad), 0);
+    assert_int_equal(atomic_load(&cp.started), ROUNDS);
+    pthread_barrier_destroy(&bar);
+    pthread_cond_destroy(&cp.cv);
+    pthread_mutex_destroy(&cp.mu);
+    strata_l1_destroy(&c);
+}
+
+/* ---- invalidation racing loads --------------------------------------------- */
+
+typedef struct {
+    strata_l1 *c;
+    atomic_int phase; /* 0 idle, 1 load registered, 2 invalidated */
+    strata_l1_load *ld;
+    int rounds;
+} race_arg;
+
+static void race_loader(void *ctx, strata_l1_load *ld, const void *key, size_t klen) {
+    (void)key;
+    (void)klen;
+    race_arg *r = ctx;
+    r->ld = ld;
+    atomic_store(&r->phase, 1);
+}
+
+static void race_done(void *ud, int status, strata_l1_outcome outcome, strata_l1_entry *e) {
+    (void)ud;
+    (void)status;
+    (void)outcome;
+    strata_l1_release(&e);
+}
+
+static void *invalidator(void *p) {
+    race_arg *r = p;
+    for (int i = 0; i < r->rounds; i++) {
+        while (atomic_load(&r->phase) != 1) {
+            sched_yield();
+        }
+        strata_l1_invalidate(r->c, "race", 4);
+        atomic_store(&r->phase, 2);
+    }
+    return NULL;
+}
+
+static void *load_completer(void *p) {
+    race_arg *r = p;
+    for (int i = 0; i < r->rounds; i++) {
+        while (atomic_load(&r->phase) != 2) {
+            sched_yield();
+        }
+        strata_l1_load *ld = r->ld;
+        atomic_store(&r->phase, 0);
+        strata_l1_load_complete(ld, STRATA_OK, "stale", 5, NULL);
+    }
+    return NULL;
+}
+
+static void test_invalidation_races_load(void **state) {
+    (void)state;
+    strata_l1_config cfg;
+    strata_l1_config_init(&cfg);
+    cfg.capacity = 100;
+    strata_l1 *c;
+    assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
+    race_arg r = {.c = c, .rounds = 1000};
+    atomic_init(&r.phase, 0);
+    pthread_t ti, tc;
+    pthread_create(&ti, NULL, invalidator, &r);
+    pthread_create(&tc, NULL, load_completer, &r);
+    int cached = 0;
+    for (int i = 0; i < r.rounds; i++) {
+        while (atomic_load(&r.phase) != 0) {
+            sched_yield();
+        }
+        strata_l1_entry *e = NULL;
+        int rc = strata_l1_get_or_load(c, "race", 4, race_loader, &r, race_done, NULL, &e);
+        if (rc >= 0 && rc != STRATA_L1_PENDING) {
+            cached++; /* a dropped load's value must never be found */
+            strata_l1_release(&e);
+            atomic_store(&r.phase, 0);
+        }
+    }
+    pthread_join(ti, NULL);
+    pthread_join(tc, NULL);
+    char buf[8];
+    assert_int_equal(cached, 0);
+    assert_int_equal(strata_l1_get_copy(c, "race", 4, buf, sizeof buf, NULL), STRATA_ENOTFOUND);
+    strata_l1_stats st;
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.loads_dropped, (uint64_t)r.rounds);
+    strata_l1_destroy(&c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refs_survive_concurrent_eviction),
+        cmocka_unit_test(test_singleflight_contention),
+        cmocka_unit_test(test_invalidation_races_load),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
