@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "strata/buf.h"
 #include "strata/metrics.h"
 
 /* ---- circuit breaker ------------------------------------------------------ */
@@ -126,6 +127,14 @@ typedef struct strata_gcra_result {
  */
 int strata_gcra_args(int64_t rate, int64_t period_ms, int64_t burst, int64_t cost,
                      char argv_out[3][24]);
+
+/**
+ * Composes a script that calls the GCRA itself: appends to *out the
+ * definition of `strata_gcra(key, interval_us, tau_us, cost)` (the part of
+ * gcra.lua above its call) followed by `script`.  Lets a script put the rate
+ * limit and its own write in one call when both keys share a slot.
+ */
+int strata_gcra_compose(const char *script, strata_buf *out);
 
 /** Parses the script's reply (four integers); STRATA_EPROTO if malformed. */
 int strata_gcra_parse(const long long reply[4], size_t n, strata_gcra_result *out);

@@ -7,7 +7,10 @@
 #include <pthread.h>
 #include <stdio.h>
 
+#include <string.h>
+
 #include "strata/alloc.h"
+#include "strata/embedded.h"
 #include "strata/protect.h"
 #include "strata/status.h"
 
@@ -87,4 +90,18 @@ int strata_gcra_parse(const long long reply[4], size_t n, strata_gcra_result *ou
     out->retry_after_us = reply[2];
     out->reset_after_us = reply[3];
     return STRATA_OK;
+}
+
+extern const strata_embedded strata_lib_lua_table[];
+
+int strata_gcra_compose(const char *script, strata_buf *out) {
+    const strata_embedded *g = strata_embedded_find(strata_lib_lua_table, STRATA_GCRA_SCRIPT);
+    if (!g || !script)
+        return STRATA_EINVAL;
+    const char *mark = strstr(g->data, "-- STRATA_GCRA_CALL");
+    if (!mark)
+        return STRATA_EINTERNAL;
+    strata_buf_append(out, g->data, (size_t)(mark - g->data));
+    strata_buf_puts(out, script);
+    return out->oom ? STRATA_ENOMEM : STRATA_OK;
 }

@@ -30,6 +30,7 @@
 #include "strata/alloc.h"
 #include "strata/embedded.h"
 #include "strata/json.h"
+#include "strata/log.h"
 #include "strata/protect.h"
 #include "strata/status.h"
 
@@ -59,6 +60,7 @@ int scn_flashsale_migrations(void) {
 
 /* ---- keys -------------------------------------------------------------------------- */
 
+/* The first eight are the order script's KEYS, in its order. */
 enum {
     K_STOCK,
     K_BUYERS,
@@ -67,22 +69,23 @@ enum {
     K_FLAG,
     K_ORDERS,
     K_BUYERBITS,
+    K_LIMIT,
     K_META,
     K_L1BUYERS,
     K__COUNT
 };
 
 typedef struct fs_keys {
-    char k[K__COUNT][96];
+    char k[K__COUNT][160];
     size_t len[K__COUNT];
 } fs_keys;
 
-static void make_keys(fs_keys *fk, const char *sku) {
+static void make_keys(fs_keys *fk, const char *sku, const char *user) {
     static const char *const fmt[K__COUNT] = {
-        "fs:{%s}:stock",  "fs:{%s}:buyers",    "fs:{%s}:seq",  "fs:{%s}:events", "fsflag:{%s}",
-        "fs:{%s}:orders", "fs:{%s}:buyerbits", "fs:{%s}:meta", "fsbuyers:{%s}"};
+        "fs:{%s}:stock",  "fs:{%s}:buyers",    "fs:{%s}:seq",   "fs:{%s}:events", "fsflag:{%s}",
+        "fs:{%s}:orders", "fs:{%s}:buyerbits", "rl:fs:{%s}:%s", "fs:{%s}:meta",   "fsbuyers:{%s}"};
     for (int i = 0; i < K__COUNT; i++)
-        fk->len[i] = (size_t)snprintf(fk->k[i], sizeof fk->k[i], fmt[i], sku);
+        fk->len[i] = (size_t)snprintf(fk->k[i], sizeof fk->k[i], fmt[i], sku, user ? user : "");
 }
 
 /* ---- the sale's state, cached in L1 under its flag key ------------------------------- */
@@ -139,6 +142,7 @@ typedef struct order_ctx {
     fs_keys keys;
     fs_state st;
     int attempts;
+    int skip_limit;
     /* segment-lock baseline */
     int seg, segs_tried, lock_tries;
     char token[24], order_id[96];
@@ -149,6 +153,8 @@ static void order_after_state(order_ctx *o);
 static void fetch_state(void *arg);
 static void sold_out_check(order_ctx *o);
 static void seglock_start(order_ctx *o);
+static void seg_limit(order_ctx *o);
+static void respond_limited(strata_http_req *req, long long retry_after_us);
 
 static uint32_t remaining_ms(order_ctx *o) {
     uint64_t ms = strata_http_remaining_ms(o->req);
@@ -212,6 +218,9 @@ static void on_order(void *ud, int status, const strata_redis_reply *r) {
     }
     if (status != STRATA_OK || !r || r->type != STRATA_REPLY_ARRAY || r->elements < 1 ||
         r->element[0]->type != STRATA_REPLY_STRING) {
+        if (r && r->type == STRATA_REPLY_ERROR && status != STRATA_EBACKPRESSURE)
+            LOG_WARN("script_error", "script=flashsale_order.lua status=%s reply=\"%.200s\"",
+                     strata_status_name(status), r->str);
         scn_respond_failure(o->req, status != STRATA_OK ? status : STRATA_EPROTO, "order");
         return;
     }
@@ -226,6 +235,8 @@ static void on_order(void *ud, int status, const strata_redis_reply *r) {
     } else if (strcmp(tag, "sold_out") == 0) {
         mark_sold_out(o);
         strata_http_respond_error(o->req, 409, "sold_out", "sale %s is sold out", o->sku);
+    } else if (strcmp(tag, "rate_limited") == 0 && r->elements == 2) {
+        respond_limited(o->req, r->element[1]->integer);
     } else if (strcmp(tag, "unknown_sale") == 0) {
         strata_l1_invalidate(o->sc->l1, o->keys.k[K_FLAG], o->keys.len[K_FLAG]);
         strata_http_respond_error(o->req, 404, "not_found", "no sale %s", o->sku);
@@ -237,76 +248,48 @@ static void on_order(void *ud, int status, const strata_redis_reply *r) {
 static void order_call(void *arg) {
     order_ctx *o = arg;
     if (o->sc->cfg.flashsale_segment_lock) {
-        seglock_start(o);
+        seg_limit(o);
         return;
     }
     strata_redis_call call = {0};
     call.timeout_ms = remaining_ms(o);
     call.wait_replicas = o->sc->cfg.wait_replicas;
     call.wait_timeout_ms = o->sc->cfg.wait_timeout_ms;
-    char maxlen[24], posbuf[16][24];
+    char maxlen[24], posbuf[16][24], gcra[3][24] = {"0", "0", "1"};
     snprintf(maxlen, sizeof maxlen, "%llu", (unsigned long long)o->sc->cfg.stream_max_len);
-    const char *keys[7];
-    for (int i = 0; i < 7; i++)
+    /* The limiter counts attempts to buy; a possible buyer learning their order after
+     * sell-out (o->skip_limit) is not limited. */
+    if (!o->skip_limit)
+        strata_gcra_args(o->sc->cfg.user_rate, 1000, o->sc->cfg.user_burst, 1, gcra);
+    const char *keys[8];
+    for (int i = 0; i < 8; i++)
         keys[i] = o->keys.k[i];
-    const char *args[3 + 16] = {o->sku, o->user, maxlen};
-    size_t alen[3 + 16] = {strlen(o->sku), o->userlen, strlen(maxlen)};
+    const char *args[5 + 16] = {o->sku, o->user, maxlen, gcra[0], gcra[1]};
+    size_t alen[5 + 16] = {strlen(o->sku), o->userlen, strlen(maxlen), strlen(gcra[0]),
+                           strlen(gcra[1])};
     uint64_t bits, pos[16];
     uint32_t k = 0;
     if (buyer_bloom_size(&o->st, &bits, &k) == STRATA_OK) {
         strata_bloom_positions_mk(bits, k, o->user, o->userlen, pos);
         for (uint32_t i = 0; i < k; i++) {
-            alen[3 + i] =
+            alen[5 + i] =
                 (size_t)snprintf(posbuf[i], sizeof posbuf[i], "%llu", (unsigned long long)pos[i]);
-            args[3 + i] = posbuf[i];
+            args[5 + i] = posbuf[i];
         }
     }
-    int rc = strata_redis_evalsha(o->w->redis, &call, &s_order, on_order, o, 7, keys, o->keys.len,
-                                  3 + (int)k, args, alen);
+    int rc = strata_redis_evalsha(o->w->redis, &call, &s_order, on_order, o, 8, keys, o->keys.len,
+                                  5 + (int)k, args, alen);
     if (rc != STRATA_OK)
         scn_respond_failure(o->req, rc, "order");
 }
 
-static void on_limit(void *ud, int status, const strata_redis_reply *r) {
-    order_ctx *o = ud;
-    if (status != STRATA_OK || !r || r->type != STRATA_REPLY_ARRAY || r->elements != 4) {
-        /* The limiter protects Redis; when Redis is failing the order path says so itself. */
-        scn_respond_failure(o->req, status != STRATA_OK ? status : STRATA_EPROTO, "rate limiter");
-        return;
-    }
-    long long v[4];
-    for (int i = 0; i < 4; i++)
-        v[i] = r->element[i]->integer;
-    strata_gcra_result g;
-    if (strata_gcra_parse(v, 4, &g) != STRATA_OK) {
-        scn_respond_failure(o->req, STRATA_EPROTO, "rate limiter");
-        return;
-    }
-    if (!g.allowed) {
-        char ra[24];
-        snprintf(ra, sizeof ra, "%lld", (long long)((g.retry_after_us + 999999) / 1000000));
-        strata_http_add_header(o->req, "Retry-After", ra);
-        strata_http_respond_error(o->req, 429, "rate_limited",
-                                  "too many attempts by this user; retry in %lld ms",
-                                  (long long)((g.retry_after_us + 999) / 1000));
-        return;
-    }
-    order_call(o);
-}
-
-static void order_limit(order_ctx *o) {
-    char key[200], args[3][24];
-    int klen = snprintf(key, sizeof key, "rl:fs:{%s}:%s", o->sku, o->user);
-    strata_gcra_args(o->sc->cfg.user_rate, 1000, o->sc->cfg.user_burst, 1, args);
-    strata_redis_call call = {0};
-    call.timeout_ms = remaining_ms(o);
-    const char *keys[1] = {key};
-    size_t kl[1] = {(size_t)klen};
-    const char *av[3] = {args[0], args[1], args[2]};
-    size_t al[3] = {strlen(args[0]), strlen(args[1]), strlen(args[2])};
-    int rc = strata_redis_evalsha(o->w->redis, &call, &s_gcra, on_limit, o, 1, keys, kl, 3, av, al);
-    if (rc != STRATA_OK)
-        scn_respond_failure(o->req, rc, "rate limiter");
+static void respond_limited(strata_http_req *req, long long retry_after_us) {
+    char ra[24];
+    snprintf(ra, sizeof ra, "%lld", (retry_after_us + 999999) / 1000000);
+    strata_http_add_header(req, "Retry-After", ra);
+    strata_http_respond_error(req, 429, "rate_limited",
+                              "too many attempts by this user; retry in %lld ms",
+                              (retry_after_us + 999) / 1000);
 }
 
 /*
@@ -316,8 +299,6 @@ static void order_limit(order_ctx *o) {
  * Redis once per server per sale and kept in L1: after sell-out it can no
  * longer change.
  */
-static void order_limit(order_ctx *o);
-
 static void decide_sold_out(order_ctx *o, const void *bytes, size_t len) {
     uint64_t bits;
     uint32_t k;
@@ -327,13 +308,15 @@ static void decide_sold_out(order_ctx *o, const void *bytes, size_t len) {
         strata_http_respond_error(o->req, 409, "sold_out", "sale %s is sold out", o->sku);
         return;
     }
-    order_call(o); /* maybe a buyer: the script knows (no rate limit for learning one's order) */
+    o->skip_limit = 1; /* maybe a buyer: the script knows; learning one's order is not limited */
+    order_call(o);
 }
 
 static void on_buyer_bits(void *ud, int status, const strata_redis_reply *r) {
     order_ctx *o = ud;
     if (status != STRATA_OK) {
-        order_call(o); /* cannot tell: the script answers */
+        o->skip_limit = 1; /* cannot tell: the script answers */
+        order_call(o);
         return;
     }
     const char *bytes = r && r->type == STRATA_REPLY_STRING ? r->str : "";
@@ -357,8 +340,10 @@ static void sold_out_check(order_ctx *o) {
     size_t al[2] = {3, o->keys.len[K_BUYERBITS]};
     strata_redis_call call = {0};
     call.timeout_ms = remaining_ms(o);
-    if (strata_redis_command_argv(o->w->redis, &call, on_buyer_bits, o, 2, argv, al) != STRATA_OK)
+    if (strata_redis_command_argv(o->w->redis, &call, on_buyer_bits, o, 2, argv, al) != STRATA_OK) {
+        o->skip_limit = 1;
         order_call(o);
+    }
 }
 
 /* Decides with the sale's state (from L1 or just read); the server clock rules windows. */
@@ -381,7 +366,7 @@ static void order_after_state(order_ctx *o) {
         sold_out_check(o);
         return;
     }
-    order_limit(o);
+    order_call(o);
 }
 
 static void on_state(void *ud, int status, const strata_redis_reply *r) {
@@ -455,7 +440,7 @@ static void post_order(strata_http_req *req, void *ctx) {
     o->sku = sku;
     o->user = user;
     o->userlen = strlen(user);
-    make_keys(&o->keys, sku);
+    make_keys(&o->keys, sku, user);
     int rc = strata_l1_get_copy(sc->l1, o->keys.k[K_FLAG], o->keys.len[K_FLAG], &o->st,
                                 sizeof o->st, NULL);
     if (rc == STRATA_L1_HIT) {
@@ -518,7 +503,7 @@ static void get_sale(strata_http_req *req, void *ctx) {
     c->sc = sc;
     c->req = req;
     c->sku = sku;
-    make_keys(&c->keys, sku);
+    make_keys(&c->keys, sku, NULL);
     strata_redis_call call = {0};
     call.timeout_ms = (uint32_t)strata_http_remaining_ms(req);
     const char *keys[3] = {c->keys.k[K_STOCK], c->keys.k[K_META], c->keys.k[K_FLAG]};
@@ -717,7 +702,7 @@ static void post_sale(strata_http_req *req, void *ctx) {
     cc->ends_ms = ends;
     cc->per_user_limit = per_user;
     cc->now_ms = now;
-    make_keys(&cc->keys, sku);
+    make_keys(&cc->keys, sku, NULL);
     rc = strata_db_submit(sc->env.db, cc->w->loop, create_job, on_db_created, cc);
     if (rc != STRATA_OK)
         scn_respond_failure(req, rc, "create sale in the database");
@@ -976,6 +961,44 @@ static void seg_lock_try(void *arg) {
     seg_send(o, on_seg_lock, 6, set);
 }
 
+/* The baseline runs the per-user limiter as its own call, then the lock protocol. */
+static void on_seg_limit(void *ud, int status, const strata_redis_reply *r) {
+    order_ctx *o = ud;
+    long long v[4];
+    strata_gcra_result g;
+    if (status == STRATA_OK && r && r->type == STRATA_REPLY_ARRAY && r->elements == 4) {
+        for (int i = 0; i < 4; i++)
+            v[i] = r->element[i]->integer;
+        if (strata_gcra_parse(v, 4, &g) == STRATA_OK) {
+            if (g.allowed)
+                seglock_start(o);
+            else
+                respond_limited(o->req, g.retry_after_us);
+            return;
+        }
+        status = STRATA_EPROTO;
+    }
+    scn_respond_failure(o->req, status, "rate limiter");
+}
+
+static void seg_limit(order_ctx *o) {
+    if (o->skip_limit) {
+        seglock_start(o);
+        return;
+    }
+    char args[3][24];
+    strata_gcra_args(o->sc->cfg.user_rate, 1000, o->sc->cfg.user_burst, 1, args);
+    strata_redis_call call = {0};
+    call.timeout_ms = remaining_ms(o);
+    const char *keys[1] = {o->keys.k[K_LIMIT]};
+    const char *av[3] = {args[0], args[1], args[2]};
+    size_t al[3] = {strlen(args[0]), strlen(args[1]), strlen(args[2])};
+    int rc = strata_redis_evalsha(o->w->redis, &call, &s_gcra, on_seg_limit, o, 1, keys,
+                                  &o->keys.len[K_LIMIT], 3, av, al);
+    if (rc != STRATA_OK)
+        scn_respond_failure(o->req, rc, "rate limiter");
+}
+
 static void seglock_start(order_ctx *o) {
     o->seg = (int)(XXH3_64bits(o->user, o->userlen) % NSEGMENTS);
     o->segs_tried = 0;
@@ -991,8 +1014,16 @@ static int init_scripts(void) {
     if (done)
         return STRATA_OK;
     int rc;
-    if ((rc = strata_redis_script_embedded(&s_order, strata_scenario_lua_table,
-                                           "flashsale_order.lua")) ||
+    /* The order script calls the GCRA itself: compose it after strata_gcra() (lives as long
+     * as the process; the script struct borrows it). */
+    static strata_buf order_src = STRATA_BUF_INIT;
+    const strata_embedded *e =
+        strata_embedded_find(strata_scenario_lua_table, "flashsale_order.lua");
+    if (!e)
+        return STRATA_ENOTFOUND;
+    if ((rc = strata_gcra_compose(e->data, &order_src)) ||
+        (rc = strata_redis_script_init(&s_order, "flashsale_order.lua", order_src.data,
+                                       order_src.len)) ||
         (rc = strata_redis_script_embedded(&s_create, strata_scenario_lua_table,
                                            "flashsale_create.lua")) ||
         (rc = strata_redis_script_embedded(&s_status, strata_scenario_lua_table,

@@ -18,9 +18,13 @@
 
 #include "harness/harness.h"
 #include "scenarios/redpacket/split.h"
+#include "strata/protect.h"
 #include "strata/status.h"
 
 static sh_redis *srv;
+
+/* The order script as the server runs it: composed after strata_gcra(). */
+static char *load_order_script(void);
 
 static char *load_script(const char *rel) {
     const char *root = getenv("STRATA_SOURCE_DIR");
@@ -34,6 +38,16 @@ static char *load_script(const char *rel) {
     buf[n] = '\0';
     fclose(f);
     return buf;
+}
+
+static char *load_order_script(void) {
+    char *raw = load_script("flashsale/flashsale_order.lua");
+    strata_buf b = STRATA_BUF_INIT;
+    assert_int_equal(strata_gcra_compose(raw, &b), STRATA_OK);
+    free(raw);
+    char *out = strdup(b.data);
+    strata_buf_free(&b);
+    return out;
 }
 
 static redisContext *conn(void) {
@@ -83,7 +97,8 @@ static int teardown(void **state) {
 #define FS_KEYS(sku)                                                                            \
     {                                                                                           \
         "fs:{" sku "}:stock", "fs:{" sku "}:buyers", "fs:{" sku "}:seq", "fs:{" sku "}:events", \
-            "fsflag:{" sku "}", "fs:{" sku "}:orders", "fs:{" sku "}:buyerbits"                 \
+            "fsflag:{" sku "}", "fs:{" sku "}:orders", "fs:{" sku "}:buyerbits",                \
+            "rl:fs:{" sku "}:u"                                                                 \
     }
 #define FS_CKEYS(sku) \
     { "fs:{" sku "}:stock", "fs:{" sku "}:meta", "fsflag:{" sku "}" }
@@ -101,8 +116,8 @@ static void *buyers(void *p) {
     for (int u = a->first_user; u < a->first_user + a->users; u++) {
         char user[32];
         snprintf(user, sizeof user, "u%d", u);
-        const char *args[] = {"race", user, "0"};
-        redisReply *r = eval(c, a->src, 7, keys, 3, args);
+        const char *args[] = {"race", user, "0", "0", "0"};
+        redisReply *r = eval(c, a->src, 8, keys, 5, args);
         if (strcmp(tag(r), "ok") == 0)
             a->ok++;
         else if (strcmp(tag(r), "sold_out") == 0)
@@ -116,7 +131,7 @@ static void *buyers(void *p) {
 static void flashsale_no_oversell_under_concurrent_clients(void **state) {
     (void)state;
     char *create = load_script("flashsale/flashsale_create.lua");
-    char *order = load_script("flashsale/flashsale_order.lua");
+    char *order = load_order_script();
     redisContext *c = conn();
     const char *ckeys[] = FS_CKEYS("race");
     const char *cargs[] = {"25", "0", "0", "1"};
@@ -164,27 +179,27 @@ static void flashsale_no_oversell_under_concurrent_clients(void **state) {
 static void flashsale_repeat_returns_the_same_order(void **state) {
     (void)state;
     char *create = load_script("flashsale/flashsale_create.lua");
-    char *order = load_script("flashsale/flashsale_order.lua");
+    char *order = load_order_script();
     redisContext *c = conn();
     const char *ckeys[] = FS_CKEYS("rep");
     const char *cargs[] = {"1", "0", "0", "1"};
     freeReplyObject(eval(c, create, 3, ckeys, 4, cargs));
     const char *keys[] = FS_KEYS("rep");
-    const char *args[] = {"rep", "alice", "0"};
-    redisReply *r1 = eval(c, order, 7, keys, 3, args);
+    const char *args[] = {"rep", "alice", "0", "0", "0"};
+    redisReply *r1 = eval(c, order, 8, keys, 5, args);
     assert_string_equal(tag(r1), "ok");
     assert_string_equal(r1->element[1]->str, "rep-1");
     assert_int_equal(r1->element[2]->integer, 0);
     /* a retry after an unknown outcome: the same order, even though the sale sold out */
-    redisReply *r2 = eval(c, order, 7, keys, 3, args);
+    redisReply *r2 = eval(c, order, 8, keys, 5, args);
     assert_string_equal(tag(r2), "already");
     assert_string_equal(r2->element[1]->str, "rep-1");
-    const char *bob[] = {"rep", "bob", "0"};
-    redisReply *r3 = eval(c, order, 7, keys, 3, bob);
+    const char *bob[] = {"rep", "bob", "0", "0", "0"};
+    redisReply *r3 = eval(c, order, 8, keys, 5, bob);
     assert_string_equal(tag(r3), "sold_out");
     const char *nokeys[] = FS_KEYS("nosuch");
-    const char *noargs[] = {"nosuch", "alice", "0"};
-    redisReply *r4 = eval(c, order, 7, nokeys, 3, noargs);
+    const char *noargs[] = {"nosuch", "alice", "0", "0", "0"};
+    redisReply *r4 = eval(c, order, 8, nokeys, 5, noargs);
     assert_string_equal(tag(r4), "unknown_sale");
     freeReplyObject(r1);
     freeReplyObject(r2);
@@ -196,13 +211,14 @@ static void flashsale_repeat_returns_the_same_order(void **state) {
     const char *bargs[] = {"10", "0", "0", "1"};
     freeReplyObject(eval(c, create, 3, bkeys, 4, bargs));
     const char *okeys[] = FS_KEYS("bp");
-    const char *o1[] = {"bp", "u1", "1"};
-    const char *o2[] = {"bp", "u2", "1"};
-    redisReply *a = eval(c, order, 7, okeys, 3, o1);
+    const char *o1[] = {"bp", "u1", "1", "0", "0"};
+    const char *o2[] = {"bp", "u2", "1", "0", "0"};
+    redisReply *a = eval(c, order, 8, okeys, 5, o1);
     assert_string_equal(tag(a), "ok");
-    const char *bp_argv[] = {"EVAL",   order,    "7",      okeys[0], okeys[1], okeys[2], okeys[3],
-                             okeys[4], okeys[5], okeys[6], o2[0],    o2[1],    o2[2]};
-    redisReply *b = redisCommandArgv(c, 13, bp_argv, NULL);
+    const char *bp_argv[] = {"EVAL",   order,    "8",      okeys[0], okeys[1], okeys[2],
+                             okeys[3], okeys[4], okeys[5], okeys[6], okeys[7], o2[0],
+                             o2[1],    o2[2],    o2[3],    o2[4]};
+    redisReply *b = redisCommandArgv(c, 16, bp_argv, NULL);
     assert_int_equal(b->type, REDIS_REPLY_ERROR);
     assert_non_null(strstr(b->str, "BACKPRESSURE"));
     redisReply *st = redisCommand(c, "GET fs:{bp}:stock");
