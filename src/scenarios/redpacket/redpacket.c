@@ -32,7 +32,7 @@ extern const strata_embedded strata_lib_lua_table[];
 #define MAX_TOTAL     100000000000LL /* 1e9 currency units */
 #define MAX_EXPIRES_S (7 * 24 * 3600)
 
-static strata_redis_script s_create, s_grab, s_expire, s_status, s_gcra;
+static strata_redis_script s_create, s_grab, s_expire, s_status;
 
 static const strata_db_migration migrations[] = {
     {"CREATE TABLE IF NOT EXISTS redpackets (id TEXT PRIMARY KEY, total_cents BIGINT NOT NULL, "
@@ -82,7 +82,9 @@ typedef struct grab_ctx {
     scn_worker *w;
     const char *id, *user;
     rp_keys keys;
+    char limit_key[112];
     int attempts;
+    int skip_limit; /* the packet is known gone: only a winner's repeat can succeed */
 } grab_ctx;
 
 static void grab_call(void *arg);
@@ -168,6 +170,14 @@ static void on_grab(void *ud, int status, const strata_redis_reply *r) {
         run_expire(g->w->redis, &g->keys, g->id, strata_clock_wall_ms(g->sc->env.clock),
                    remaining(g->req), on_expired_for_grab, g, g->sc->cfg.wait_replicas,
                    g->sc->cfg.wait_timeout_ms);
+    } else if (strcmp(tag, "rate_limited") == 0 && r->elements == 2) {
+        long long us = r->element[1]->integer;
+        char ra[24];
+        snprintf(ra, sizeof ra, "%lld", (us + 999999) / 1000000);
+        strata_http_add_header(g->req, "Retry-After", ra);
+        strata_http_respond_error(g->req, 429, "rate_limited",
+                                  "too many attempts by this user; retry in %lld ms",
+                                  (us + 999) / 1000);
     } else if (strcmp(tag, "unknown") == 0) {
         strata_http_respond_error(g->req, 404, "not_found", "no red packet %s", g->id);
     } else {
@@ -177,48 +187,30 @@ static void on_grab(void *ud, int status, const strata_redis_reply *r) {
 
 static void grab_call(void *arg) {
     grab_ctx *g = arg;
-    char now[24], maxlen[24];
+    char now[24], maxlen[24], gcra[3][24] = {"0", "0", "1"};
     snprintf(now, sizeof now, "%lld", (long long)strata_clock_wall_ms(g->sc->env.clock));
     snprintf(maxlen, sizeof maxlen, "%llu", (unsigned long long)g->sc->cfg.stream_max_len);
-    const char *keys[R__COUNT];
-    for (int i = 0; i < R__COUNT; i++)
+    if (!g->skip_limit)
+        strata_gcra_args(g->sc->cfg.user_rate, 1000, g->sc->cfg.user_burst, 1, gcra);
+    const char *keys[R__COUNT + 1];
+    size_t kl[R__COUNT + 1];
+    for (int i = 0; i < R__COUNT; i++) {
         keys[i] = g->keys.k[i];
-    const char *av[4] = {g->id, g->user, now, maxlen};
-    size_t al[4] = {strlen(g->id), strlen(g->user), strlen(now), strlen(maxlen)};
+        kl[i] = g->keys.len[i];
+    }
+    keys[R__COUNT] = g->limit_key;
+    kl[R__COUNT] = strlen(g->limit_key);
+    const char *av[6] = {g->id, g->user, now, maxlen, gcra[0], gcra[1]};
+    size_t al[6] = {strlen(g->id),  strlen(g->user), strlen(now),
+                    strlen(maxlen), strlen(gcra[0]), strlen(gcra[1])};
     strata_redis_call call = {0};
     call.timeout_ms = remaining(g->req);
     call.wait_replicas = g->sc->cfg.wait_replicas;
     call.wait_timeout_ms = g->sc->cfg.wait_timeout_ms;
-    int rc = strata_redis_evalsha(g->w->redis, &call, &s_grab, on_grab, g, R__COUNT, keys,
-                                  g->keys.len, 4, av, al);
+    int rc = strata_redis_evalsha(g->w->redis, &call, &s_grab, on_grab, g, R__COUNT + 1, keys, kl,
+                                  6, av, al);
     if (rc != STRATA_OK)
         scn_respond_failure(g->req, rc, "grab");
-}
-
-static void on_grab_limit(void *ud, int status, const strata_redis_reply *r) {
-    grab_ctx *g = ud;
-    if (status != STRATA_OK || !r || r->type != STRATA_REPLY_ARRAY || r->elements != 4) {
-        scn_respond_failure(g->req, status != STRATA_OK ? status : STRATA_EPROTO, "rate limiter");
-        return;
-    }
-    long long v[4];
-    for (int i = 0; i < 4; i++)
-        v[i] = r->element[i]->integer;
-    strata_gcra_result res;
-    if (strata_gcra_parse(v, 4, &res) != STRATA_OK) {
-        scn_respond_failure(g->req, STRATA_EPROTO, "rate limiter");
-        return;
-    }
-    if (!res.allowed) {
-        char ra[24];
-        snprintf(ra, sizeof ra, "%lld", (long long)((res.retry_after_us + 999999) / 1000000));
-        strata_http_add_header(g->req, "Retry-After", ra);
-        strata_http_respond_error(g->req, 429, "rate_limited",
-                                  "too many attempts by this user; retry in %lld ms",
-                                  (long long)((res.retry_after_us + 999) / 1000));
-        return;
-    }
-    grab_call(g);
 }
 
 static void post_grab(strata_http_req *req, void *ctx) {
@@ -254,30 +246,17 @@ static void post_grab(strata_http_req *req, void *ctx) {
     g->id = id;
     g->user = user;
     make_keys(&g->keys, id);
+    snprintf(g->limit_key, sizeof g->limit_key, "rl:rp:{%s}:%s", id, user);
     /* A repeat grab by a winner must still get its amount, so the gone flag
-     * cannot short-cut everyone: it short-cuts only when this user holds no share,
-     * which the script decides.  The flag only spares the rate limiter. */
+     * cannot short-cut everyone: the script decides.  The flag spares the limiter. */
     char flag = 0;
     if (strata_l1_get_copy(sc->l1, g->keys.k[R_FLAG], g->keys.len[R_FLAG], &flag, 1, NULL) ==
             STRATA_L1_HIT &&
         flag == GONE) {
         strata_counter_inc(sc->m_l1_flag_hits);
-        grab_call(g);
-        return;
+        g->skip_limit = 1;
     }
-    char key[160], args[3][24];
-    int klen = snprintf(key, sizeof key, "rl:rp:{%s}:%s", id, user);
-    strata_gcra_args(sc->cfg.user_rate, 1000, sc->cfg.user_burst, 1, args);
-    strata_redis_call call = {0};
-    call.timeout_ms = remaining(req);
-    const char *keys[1] = {key};
-    size_t kl[1] = {(size_t)klen};
-    const char *av[3] = {args[0], args[1], args[2]};
-    size_t al[3] = {strlen(args[0]), strlen(args[1]), strlen(args[2])};
-    int rc =
-        strata_redis_evalsha(g->w->redis, &call, &s_gcra, on_grab_limit, g, 1, keys, kl, 3, av, al);
-    if (rc != STRATA_OK)
-        scn_respond_failure(req, rc, "rate limiter");
+    grab_call(g);
 }
 
 /* ---- GET /v1/redpackets/{id} -------------------------------------------------------- */
@@ -548,15 +527,21 @@ static void post_packet(strata_http_req *req, void *ctx) {
 
 int scn_redpacket_routes(strata_scenarios *sc, strata_server *server) {
     int rc;
+    /* The grab script calls the GCRA itself (composed; lives as long as the process). */
+    static strata_buf grab_src = STRATA_BUF_INIT;
+    const strata_embedded *e =
+        strata_embedded_find(strata_scenario_lua_table, "redpacket_grab.lua");
+    if (!e)
+        return STRATA_ENOTFOUND;
     if ((rc = strata_redis_script_embedded(&s_create, strata_scenario_lua_table,
                                            "redpacket_create.lua")) ||
-        (rc = strata_redis_script_embedded(&s_grab, strata_scenario_lua_table,
-                                           "redpacket_grab.lua")) ||
+        (!grab_src.len && (rc = strata_gcra_compose(e->data, &grab_src))) ||
+        (rc = strata_redis_script_init(&s_grab, "redpacket_grab.lua", grab_src.data,
+                                       grab_src.len)) ||
         (rc = strata_redis_script_embedded(&s_expire, strata_scenario_lua_table,
                                            "redpacket_expire.lua")) ||
         (rc = strata_redis_script_embedded(&s_status, strata_scenario_lua_table,
-                                           "redpacket_status.lua")) ||
-        (rc = strata_redis_script_embedded(&s_gcra, strata_lib_lua_table, STRATA_GCRA_SCRIPT)))
+                                           "redpacket_status.lua")))
         return rc;
     if ((rc = strata_server_route_ex(server, "POST", "/v1/redpackets", STRATA_ROUTE_ADMIN,
                                      post_packet, sc)) ||

@@ -2,10 +2,21 @@
 -- append the write-behind event.
 -- KEYS[1] rp:{ID}:shares  KEYS[2] rp:{ID}:meta  KEYS[3] rp:{ID}:grabs  KEYS[4] rp:{ID}:events
 -- KEYS[5] rpflag:{ID} (set to 'gone' when the last share is taken)
+-- KEYS[6] rl:rp:{ID}:<user> (the user's rate limiter: same slot as the packet)
 -- ARGV[1] packet id  ARGV[2] user_id  ARGV[3] now_ms (server clock)  ARGV[4] max stream length
+-- ARGV[5] GCRA emission interval us (0 = no limit)  ARGV[6] GCRA burst tolerance us
+-- Composed after strata_gcra() (src/lib/protect/gcra.lua) by the server.
 -- Reply: {'ok', amount} | {'already', amount} | {'gone'} | {'expired'} | {'unknown'}
+--        | {'rate_limited', retry_after_us}
 --        | error 'BACKPRESSURE ...' (maps to STRATA_EBACKPRESSURE: HTTP 503)
 -- Idempotent per (packet, user): a repeat returns the same amount.
+local interval = tonumber(ARGV[5])
+if interval > 0 then
+  local g = strata_gcra(KEYS[6], interval, tonumber(ARGV[6]), 1)
+  if g[1] == 0 then
+    return {'rate_limited', g[3]}
+  end
+end
 local amount = redis.call('HGET', KEYS[3], ARGV[2])
 if amount then
   return {'already', tonumber(amount)}

@@ -225,12 +225,32 @@ static void expiry_refunds_exactly_once(void **state) {
     assert_int_equal(sh_serve_stop(&s), 0);
 }
 
+static void grab_rate_limit(void **state) {
+    (void)state;
+    const char *args[] = {"--redis", sh_redis_url(redis), "--user-rate=1", "--user-burst=1", NULL};
+    sh_serve *s;
+    assert_int_equal(sh_serve_start(&s, args), STRATA_OK);
+    uint16_t p = sh_serve_port(s);
+    char id[17], path[96];
+    create(p, "{\"total_cents\":100,\"count\":10}", id);
+    snprintf(path, sizeof path, "/v1/redpackets/%s/grab", id);
+    free(expect(p, "POST", path, "{\"user_id\":\"rl\"}", false, 200));
+    sh_http_resp r;
+    assert_int_equal(sh_http(p, "POST", path, "{\"user_id\":\"rl\"}", false, 10000, &r), 429);
+    assert_non_null(strstr(r.body, "rate_limited"));
+    assert_true(atoi(sh_http_header(&r, "Retry-After")) >= 1);
+    sh_http_free(&r);
+    free(expect(p, "POST", path, "{\"user_id\":\"other\"}", false, 200)); /* per user */
+    assert_int_equal(sh_serve_stop(&s), 0);
+}
+
 int main(void) {
     sh_init(170);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(validation_and_grabs),
         cmocka_unit_test(concurrent_grabs_sum_exactly),
         cmocka_unit_test(expiry_refunds_exactly_once),
+        cmocka_unit_test(grab_rate_limit),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

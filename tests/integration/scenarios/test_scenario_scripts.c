@@ -234,7 +234,7 @@ static void flashsale_repeat_returns_the_same_order(void **state) {
 #define RP_KEYS(id)                                                                          \
     {                                                                                        \
         "rp:{" id "}:shares", "rp:{" id "}:meta", "rp:{" id "}:grabs", "rp:{" id "}:events", \
-            "rpflag:{" id "}"                                                                \
+            "rpflag:{" id "}", "rl:rp:{" id "}:u"                                            \
     }
 #define RP_CKEYS(id) \
     { "rp:{" id "}:shares", "rp:{" id "}:meta", "rpflag:{" id "}" }
@@ -242,7 +242,12 @@ static void flashsale_repeat_returns_the_same_order(void **state) {
 static void redpacket_grab_expire_refund_exactly_once(void **state) {
     (void)state;
     char *create = load_script("redpacket/redpacket_create.lua");
-    char *grab = load_script("redpacket/redpacket_grab.lua");
+    char *grab_raw = load_script("redpacket/redpacket_grab.lua");
+    strata_buf grab_buf = STRATA_BUF_INIT;
+    assert_int_equal(strata_gcra_compose(grab_raw, &grab_buf), STRATA_OK);
+    free(grab_raw);
+    char *grab = strdup(grab_buf.data);
+    strata_buf_free(&grab_buf);
     char *expire = load_script("redpacket/redpacket_expire.lua");
     redisContext *c = conn();
     rp_rng g;
@@ -275,8 +280,8 @@ static void redpacket_grab_expire_refund_exactly_once(void **state) {
     for (int u = 0; u < 6; u++) {
         char user[16];
         snprintf(user, sizeof user, "g%d", u);
-        const char *gargs[] = {"p1", user, "1000", "0"};
-        r = eval(c, grab, 5, keys, 4, gargs);
+        const char *gargs[] = {"p1", user, "1000", "0", "0", "0"};
+        r = eval(c, grab, 6, keys, 6, gargs);
         assert_string_equal(tag(r), "ok");
         assert_true(r->element[1]->integer >= 1);
         got += r->element[1]->integer;
@@ -284,8 +289,8 @@ static void redpacket_grab_expire_refund_exactly_once(void **state) {
             first_amount = r->element[1]->integer;
         freeReplyObject(r);
     }
-    const char *again[] = {"p1", "g0", "1000", "0"};
-    r = eval(c, grab, 5, keys, 4, again);
+    const char *again[] = {"p1", "g0", "1000", "0", "0", "0"};
+    r = eval(c, grab, 6, keys, 6, again);
     assert_string_equal(tag(r), "already");
     assert_int_equal(r->element[1]->integer, first_amount);
     freeReplyObject(r);
@@ -294,8 +299,8 @@ static void redpacket_grab_expire_refund_exactly_once(void **state) {
     r = eval(c, expire, 5, keys, 2, early);
     assert_string_equal(tag(r), "not_expired");
     freeReplyObject(r);
-    const char *late_grab[] = {"p1", "late", "5000", "0"};
-    r = eval(c, grab, 5, keys, 4, late_grab);
+    const char *late_grab[] = {"p1", "late", "5000", "0", "0", "0"};
+    r = eval(c, grab, 6, keys, 6, late_grab);
     assert_string_equal(tag(r), "expired");
     freeReplyObject(r);
     const char *at[] = {"p1", "5000"};
@@ -308,7 +313,7 @@ static void redpacket_grab_expire_refund_exactly_once(void **state) {
     assert_string_equal(tag(r), "already");
     assert_int_equal(r->element[1]->integer, refunded);
     freeReplyObject(r);
-    r = eval(c, grab, 5, keys, 4, late_grab);
+    r = eval(c, grab, 6, keys, 6, late_grab);
     assert_string_equal(tag(r), "gone");
     freeReplyObject(r);
     r = redisCommand(c, "XLEN rp:{p1}:events");
@@ -325,11 +330,11 @@ static void redpacket_grab_expire_refund_exactly_once(void **state) {
     const char *k3[] = RP_KEYS("p3");
     const char *c3[] = RP_CKEYS("p3");
     freeReplyObject(eval(c, create, 3, c3, 5, small));
-    const char *ga[] = {"p3", "a", "1", "0"}, *gb[] = {"p3", "b", "1", "0"},
-               *gc[] = {"p3", "c", "1", "0"};
-    freeReplyObject(eval(c, grab, 5, k3, 4, ga));
-    freeReplyObject(eval(c, grab, 5, k3, 4, gb));
-    r = eval(c, grab, 5, k3, 4, gc);
+    const char *ga[] = {"p3", "a", "1", "0", "0", "0"}, *gb[] = {"p3", "b", "1", "0", "0", "0"},
+               *gc[] = {"p3", "c", "1", "0", "0", "0"};
+    freeReplyObject(eval(c, grab, 6, k3, 6, ga));
+    freeReplyObject(eval(c, grab, 6, k3, 6, gb));
+    r = eval(c, grab, 6, k3, 6, gc);
     assert_string_equal(tag(r), "gone");
     freeReplyObject(r);
     r = redisCommand(c, "GET rpflag:{p3}");
