@@ -2,6 +2,11 @@
 #   make run    install missing packages, build (release), start `strata serve`
 #   make test   install missing packages, build (ASan+UBSan, TSan twins), run every test via CTest
 # Other targets: build, build-test, format, format-check, fuzz, bench-*, clean.
+# Benchmarks (never part of `make test`; each installs what it compares against first):
+#   make bench-http       strata GET /healthz vs nginx `return 200`      (wrk, interleaved rounds)
+#   make bench-redis      Strata's Redis client vs redis-benchmark         (GET and EVALSHA)
+#   make bench-l1         L1 hit ratio on the shared traces and throughput vs Caffeine 2.6.2
+#   make bench-flashsale  Lua order path vs the seed's segment-lock strategy (invariants checked)
 SHELL := /bin/bash
 JOBS ?= $(shell nproc)
 BUILD_RELEASE := build/release
@@ -11,7 +16,8 @@ CMAKE_GEN := $(shell command -v ninja >/dev/null 2>&1 && echo "-G Ninja")
 FUZZ_SECONDS ?= 600
 ARGS ?=
 
-.PHONY: run test deps build build-test format format-check fuzz fuzz-smoke clean
+.PHONY: run test deps build build-test format format-check fuzz clean \
+        bench-deps bench-http bench-redis bench-l1 bench-flashsale
 
 deps:
 	@scripts/setup-deps
@@ -40,6 +46,22 @@ fuzz: deps
 	@cmake -S . -B $(BUILD_FUZZ) -DCMAKE_C_COMPILER=clang-14 -DCMAKE_BUILD_TYPE=Fuzz >/dev/null
 	@cmake --build $(BUILD_FUZZ) -j$(JOBS)
 	@scripts/run-fuzzers $(BUILD_FUZZ)/fuzz $(FUZZ_SECONDS)
+
+bench-deps:
+	@scripts/setup-deps --bench
+
+bench-http: build bench-deps
+	bench/http-compare.sh --rounds 5 --duration 8 --workers $(JOBS) \
+	  --server-cmd "$(CURDIR)/$(BUILD_RELEASE)/strata serve --listen 127.0.0.1:{port} --workers {workers} --var-dir $(CURDIR)/build/bench-var --log-level warn"
+
+bench-redis: build bench-deps
+	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata REQUESTS=1000000 ROUNDS=5 bench/redis-compare.sh
+
+bench-l1: build bench-deps
+	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/l1-compare.sh
+
+bench-flashsale: build bench-deps
+	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/flashsale-compare.sh --rounds 3 --stock 20000
 
 clean:
 	rm -rf build
