@@ -2,7 +2,7 @@
  * dlq.c: `strata dlq list|replay`: inspect and replay the write-behind
  * dead-letter streams ("<stream>:dlq", see strata/tier.h).
  *
- *   strata dlq list   [--redis URL] [--stream S] [--count N]
+ *   strata dlq list   [--var-dir DIR | --redis URL] [--stream S] [--count N]
  *       every registered stream (SMEMBERS strata:wb:streams) or one stream:
  *       its dead-letter count, then up to N entries with their error and body
  *   strata dlq replay [--redis URL] --stream S [--id ID | --all] [--count N]
@@ -14,14 +14,36 @@
 #include <string.h>
 
 #include "cli.h"
+#include "strata/options.h"
 #include "strata/redis.h"
 #include "strata/status.h"
 #include "strata/tier.h"
 
+extern char **environ;
+
+#define DLQ_OPTIONS(X)                                                                           \
+    X(redis, STRATA_OPT_STR, "", 0, 0, NULL, STRATA_OPT_SECRET,                                  \
+      "Redis URL (as for strata serve); empty = the managed Redis of --var-dir")                 \
+    X(var_dir, STRATA_OPT_STR, "./var", 1, 0, NULL, 0, "var dir of the strata serve to inspect") \
+    X(stream, STRATA_OPT_STR, "", 0, 0, NULL, 0,                                                 \
+      "one write-behind stream (list: default every registered stream; replay: required)")       \
+    X(id, STRATA_OPT_STR, "", 0, 0, NULL, 0, "replay: the dead-letter entry id to move back")    \
+    X(all, STRATA_OPT_BOOL, "false", 0, 0, NULL, 0, "replay: move back every dead letter")       \
+    X(count, STRATA_OPT_INT, "10", 0, 100000, NULL, 0, "entries to show / to replay at most")
+
+enum { DLQ_OPTIONS(STRATA_OPT_ENUM_ENTRY) DLQ_OPT__COUNT };
+static strata_option dlq_opts[] = {DLQ_OPTIONS(STRATA_OPT_ROW)};
+static strata_opt_group dlq_group[] = {{"dlq", dlq_opts, DLQ_OPT__COUNT}};
+
 static void dlq_usage(FILE *f) {
-    fprintf(f, "usage: strata dlq list   [--redis URL] [--stream S] [--count N]\n"
-               "       strata dlq replay [--redis URL] --stream S (--id ID | --all) [--count N]\n"
-               "  --redis   Redis URL (default redis://127.0.0.1:6379; env STRATA_REDIS_URL)\n");
+    strata_buf b = STRATA_BUF_INIT;
+    strata_buf_puts(
+        &b, "usage: strata dlq list   [--stream S] [--count N] [--var-dir DIR | --redis URL]\n"
+            "       strata dlq replay --stream S (--id ID | --all) [--count N] [...]\n"
+            "Inspects and replays write-behind events that could not be applied.\n");
+    strata_options_help(dlq_group, 1, &b);
+    fputs(b.data, f);
+    strata_buf_free(&b);
 }
 
 static void print_stream(strata_redis_sync *s, const char *stream, long count) {
@@ -62,46 +84,40 @@ int cli_dlq(int argc, char **argv) {
         return argc < 1 ? EXIT_USAGE : 0;
     }
     const char *cmd = argv[0];
-    const char *url = getenv("STRATA_REDIS_URL");
-    if (!url)
-        url = "redis://127.0.0.1:6379";
-    const char *stream = NULL, *id = NULL;
-    bool all = false;
-    long count = 10;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--redis") == 0 && v) {
-            url = v;
-            i++;
-        } else if (strcmp(a, "--stream") == 0 && v) {
-            stream = v;
-            i++;
-        } else if (strcmp(a, "--id") == 0 && v) {
-            id = v;
-            i++;
-        } else if (strcmp(a, "--count") == 0 && v) {
-            char *end = NULL;
-            count = strtol(v, &end, 10);
-            if (!end || *end || count < 0 || count > 100000) {
-                fprintf(stderr, "strata dlq: --count must be 0..100000, got \"%s\"\n", v);
-                return EXIT_USAGE;
-            }
-            i++;
-        } else if (strcmp(a, "--all") == 0) {
-            all = true;
-        } else {
-            fprintf(stderr, "strata dlq: unknown or incomplete option \"%s\"\n", a);
-            dlq_usage(stderr);
-            return EXIT_USAGE;
-        }
+    if (strcmp(cmd, "list") != 0 && strcmp(cmd, "replay") != 0) {
+        fprintf(stderr, "strata dlq: unknown command \"%s\" (list or replay)\n", cmd);
+        return EXIT_USAGE;
     }
+    strata_buf oerr = STRATA_BUF_INIT;
+    bool help = false;
+    int orc = strata_options_load(dlq_group, 1, argc - 1, argv + 1, environ, &help, &oerr);
+    if (orc != STRATA_OK || help) {
+        if (orc != STRATA_OK)
+            fprintf(stderr, "strata dlq: %s\n", oerr.data ? oerr.data : strata_strerror(orc));
+        else
+            dlq_usage(stdout);
+        strata_buf_free(&oerr);
+        strata_options_free(dlq_group, 1);
+        return orc != STRATA_OK ? cli_exit_for_options(orc) : 0;
+    }
+    strata_buf_free(&oerr);
+    char urlbuf[4200];
+    const char *url = dlq_opts[OPT_redis].val.s;
+    if (!url || !*url) {
+        snprintf(urlbuf, sizeof urlbuf, "unix://%s/redis/redis.sock", dlq_opts[OPT_var_dir].val.s);
+        url = urlbuf;
+    }
+    const char *stream = *dlq_opts[OPT_stream].val.s ? dlq_opts[OPT_stream].val.s : NULL;
+    const char *id = *dlq_opts[OPT_id].val.s ? dlq_opts[OPT_id].val.s : NULL;
+    bool all = dlq_opts[OPT_all].val.i != 0;
+    long count = (long)dlq_opts[OPT_count].val.i;
     strata_redis_sync *s = NULL;
     strata_buf err = STRATA_BUF_INIT;
     if (strata_redis_sync_create(&s, url, NULL, &err) != STRATA_OK) {
-        fprintf(stderr, "strata dlq: bad Redis URL: %s\n", err.data ? err.data : url);
+        fprintf(stderr, "strata dlq: invalid value for --redis: %s\n", err.data ? err.data : url);
         strata_buf_free(&err);
-        return EXIT_USAGE;
+        strata_options_free(dlq_group, 1);
+        return EXIT_CONFIG;
     }
     strata_buf_free(&err);
     int rc = 0;
@@ -121,7 +137,7 @@ int cli_dlq(int argc, char **argv) {
             }
             strata_redis_reply_free(r);
         }
-    } else if (strcmp(cmd, "replay") == 0) {
+    } else {
         if (!stream || (!id && !all) || (id && all)) {
             fprintf(stderr, "strata dlq replay: needs --stream and one of --id or --all\n");
             rc = EXIT_USAGE;
@@ -134,11 +150,8 @@ int cli_dlq(int argc, char **argv) {
                 printf("replayed=%d stream=%s\n", n, stream);
             }
         }
-    } else {
-        fprintf(stderr, "strata dlq: unknown subcommand \"%s\"\n", cmd);
-        dlq_usage(stderr);
-        rc = EXIT_USAGE;
     }
     strata_redis_sync_destroy(&s);
+    strata_options_free(dlq_group, 1);
     return rc;
 }

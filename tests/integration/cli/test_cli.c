@@ -243,6 +243,20 @@ static void serve_lifecycle_on_embedded_defaults(void **state) {
         assert_non_null(strstr(resp, "HTTP/1.1 200"));
         free(resp);
 
+        /* strata dlq finds the managed Redis of the same var dir by default */
+        char *out2;
+        char vflag[600];
+        snprintf(vflag, sizeof vflag, "--var-dir=%s", var);
+        assert_int_equal(run(&out2, "dlq", "list", vflag, NULL), 0);
+        free(out2);
+        assert_int_equal(run(&out2, "dlq", "list", vflag, "--count", "abc", NULL), 78);
+        assert_non_null(strstr(out2, "--count"));
+        free(out2);
+        assert_int_equal(run(&out2, "dlq", "replay", vflag, NULL), 64);
+        free(out2);
+        assert_int_equal(run(&out2, "dlq", "frobnicate", NULL), 64);
+        free(out2);
+
         /* a second server on the same var dir is refused with a clear message */
         char *out;
         char varflag[600];
