@@ -265,6 +265,17 @@ typedef struct sh_http_resp {
 int sh_http(uint16_t port, const char *method, const char *path, const char *json_body, bool admin,
             int timeout_ms, sh_http_resp *resp);
 void sh_http_free(sh_http_resp *resp);
+/**
+ * sh_http, then fails the test (cmocka fail_msg, with the body) unless the
+ * status is `want`; returns the body (caller frees).
+ */
+char *sh_http_expect(uint16_t port, const char *method, const char *path, const char *json_body,
+                     bool admin, int want);
+
+/** sh_http_expect, and also requires the error code `code` in the body. */
+void sh_http_expect_code(uint16_t port, const char *method, const char *path, const char *body,
+                         bool admin, int want, const char *code);
+
 /** A header's value in a response (static buffer, "" when absent). */
 const char *sh_http_header(const sh_http_resp *resp, const char *name);
 

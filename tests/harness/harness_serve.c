@@ -16,6 +16,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
 #include "harness_internal.h"
 
 struct sh_serve {
@@ -238,4 +243,26 @@ const char *sh_http_header(const sh_http_resp *resp, const char *name) {
         p = eol ? eol + 2 : NULL;
     }
     return value;
+}
+
+char *sh_http_expect(uint16_t port, const char *method, const char *path, const char *json_body,
+                     bool admin, int want) {
+    sh_http_resp r;
+    int got = sh_http(port, method, path, json_body, admin, 10000, &r);
+    if (got != want)
+        fail_msg("%s %s %s: want %d got %d: %s", method, path, json_body ? json_body : "", want,
+                 got, r.body ? r.body : "(no response)");
+    char *b = sh__strdup(r.body ? r.body : "");
+    sh_http_free(&r);
+    return b;
+}
+
+void sh_http_expect_code(uint16_t port, const char *method, const char *path, const char *body,
+                         bool admin, int want, const char *code) {
+    char *b = sh_http_expect(port, method, path, body, admin, want);
+    char needle[96];
+    snprintf(needle, sizeof needle, "\"code\":\"%s\"", code);
+    if (!strstr(b, needle))
+        fail_msg("%s %s: want error code %s in %s", method, path, code, b);
+    free(b);
 }

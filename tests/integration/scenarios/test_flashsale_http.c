@@ -40,28 +40,9 @@ static sh_serve *serve(const char *extra1, const char *extra2) {
     return s;
 }
 
-/* Issues a request and checks the status; returns the body (caller frees). */
-static char *expect(uint16_t port, const char *method, const char *path, const char *body,
-                    bool admin, int want) {
-    sh_http_resp r;
-    int got = sh_http(port, method, path, body, admin, 10000, &r);
-    if (got != want)
-        fail_msg("%s %s %s: want %d got %d: %s", method, path, body ? body : "", want, got,
-                 r.body ? r.body : "(no response)");
-    char *b = strdup(r.body ? r.body : "");
-    sh_http_free(&r);
-    return b;
-}
+#define expect sh_http_expect
 
-static void expect_code(uint16_t port, const char *method, const char *path, const char *body,
-                        bool admin, int want, const char *code) {
-    char *b = expect(port, method, path, body, admin, want);
-    char needle[96];
-    snprintf(needle, sizeof needle, "\"code\":\"%s\"", code);
-    if (!strstr(b, needle))
-        fail_msg("%s %s: want error code %s in %s", method, path, code, b);
-    free(b);
-}
+#define expect_code sh_http_expect_code
 
 static void every_status_code(void **state) {
     (void)state;

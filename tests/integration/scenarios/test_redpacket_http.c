@@ -33,17 +33,7 @@ static int teardown(void **state) {
     return 0;
 }
 
-static char *expect(uint16_t port, const char *method, const char *path, const char *body,
-                    bool admin, int want) {
-    sh_http_resp r;
-    int got = sh_http(port, method, path, body, admin, 10000, &r);
-    if (got != want)
-        fail_msg("%s %s %s: want %d got %d: %s", method, path, body ? body : "", want, got,
-                 r.body ? r.body : "(no response)");
-    char *b = strdup(r.body ? r.body : "");
-    sh_http_free(&r);
-    return b;
-}
+#define expect sh_http_expect
 
 static long long field(const char *json, const char *name) {
     char needle[64];
