@@ -13,6 +13,17 @@
 #
 # usage: bench/http-compare.sh [--rounds N] [--duration SEC] [--workers N]
 #                              [--conns "64 256"] [--threads N] [--server-cmd CMD]
+#                              [--path PATH] [--body JSON] [--setup CMD]
+#                              [--server-cmd-b CMD] [--setup-b CMD]
+#   --path        the path wrk requests from both servers (default /healthz)
+#   --body        the body nginx returns (default {"status":"ok"}, /healthz's);
+#                 give Strata's exact answer for --path so both send the same bytes
+#   --setup       command run once both servers answer, before measuring ("{port}"
+#                 = Strata's port); e.g. writing the key a --path reads
+#                 (bench/http-redis-compare.sh uses these three)
+#   --server-cmd-b  a second Strata (another build, say) measured in the same
+#                 rounds, right after the first ("strata_b" rows, ratio_b_* lines);
+#                 --setup-b is run for it ("{port}" = its port)
 #   --server-cmd  command that starts Strata in the foreground; "{port}" and
 #                 "{workers}" are substituted.  Default: the HTTP layer alone
 #                 (bench/http/bench_server.c, built here from src/server and
@@ -28,6 +39,11 @@ WORKERS=1
 CONNS="64 256"
 THREADS=2
 SERVER_CMD=""
+URL_PATH=/healthz
+BODY='{"status":"ok"}'
+SETUP_CMD=""
+SERVER_CMD_B=""
+SETUP_CMD_B=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -36,7 +52,12 @@ while [ $# -gt 0 ]; do
     --conns) CONNS=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     --server-cmd) SERVER_CMD=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --path) URL_PATH=$2; shift 2 ;;
+    --body) BODY=$2; shift 2 ;;
+    --setup) SETUP_CMD=$2; shift 2 ;;
+    --server-cmd-b) SERVER_CMD_B=$2; shift 2 ;;
+    --setup-b) SETUP_CMD_B=$2; shift 2 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "http-compare: unknown argument $1" >&2; exit 64 ;;
   esac
 done
@@ -50,7 +71,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TMP=$(mktemp -d /tmp/strata-http-compare.XXXXXX)
 NGINX_PID=""
 STRATA_PID=""
+STRATA_B_PID=""
 cleanup() {
+  [ -n "$STRATA_B_PID" ] && kill "$STRATA_B_PID" 2>/dev/null && wait "$STRATA_B_PID" 2>/dev/null || true
   [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null || true
   [ -n "$STRATA_PID" ] && kill "$STRATA_PID" 2>/dev/null && wait "$STRATA_PID" 2>/dev/null || true
   rm -rf "$TMP"
@@ -93,7 +116,7 @@ http {
     listen 127.0.0.1:$NPORT reuseport backlog=4096;
     location / {
       default_type application/json;
-      return 200 '{"status":"ok"}';
+      return 200 '$BODY';
     }
   }
 }
@@ -116,6 +139,24 @@ cmd=${cmd//\{workers\}/$WORKERS}
 STRATA_LOG_LEVEL=warn $cmd > "$TMP/strata.log" 2>&1 &
 STRATA_PID=$!
 wait_port "$SPORT"
+if [ -n "$SETUP_CMD" ]; then
+  setup=${SETUP_CMD//\{port\}/$SPORT}
+  bash -c "$setup" >&2 || { echo "http-compare: --setup failed" >&2; exit 1; }
+fi
+SERVERS="nginx strata"
+if [ -n "$SERVER_CMD_B" ]; then
+  SPORT_B=$(free_port)
+  cmd=${SERVER_CMD_B//\{port\}/$SPORT_B}
+  cmd=${cmd//\{workers\}/$WORKERS}
+  STRATA_LOG_LEVEL=warn $cmd > "$TMP/strata_b.log" 2>&1 &
+  STRATA_B_PID=$!
+  wait_port "$SPORT_B"
+  if [ -n "$SETUP_CMD_B" ]; then
+    setup=${SETUP_CMD_B//\{port\}/$SPORT_B}
+    bash -c "$setup" >&2 || { echo "http-compare: --setup-b failed" >&2; exit 1; }
+  fi
+  SERVERS="nginx strata strata_b"
+fi
 
 # ---- measuring -------------------------------------------------------------------
 TCK=$(getconf CLK_TCK)
@@ -139,14 +180,14 @@ RESULTS="$TMP/results.txt"
 run_one() { # name pid port conns round
   local name=$1 pid=$2 port=$3 c=$4 r=$5 out before after reqs rps p99 cpu
   before=$(cpu_ticks "$pid")
-  out=$(wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "http://127.0.0.1:$port/healthz")
+  out=$(wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "http://127.0.0.1:$port$URL_PATH")
   after=$(cpu_ticks "$pid")
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec:/ {print $2}')
   p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
   errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   cpu=$(awk -v t="$((after - before))" -v k="$TCK" -v n="$reqs" 'BEGIN{ printf "%.3f", t*1e6/k/n }')
-  echo "$name $c $r $rps $p99 $cpu" >> "$RESULTS"
+  echo "$name $c $r $rps $p99 $cpu $reqs" >> "$RESULTS"
   printf '%-7s c=%-4s round %d: %10.0f req/s  p99 %8.0f us  cpu %6.2f us/req %s\n' \
     "$name" "$c" "$r" "$rps" "$p99" "$cpu" "$errs" >&2
 }
@@ -157,6 +198,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for c in $CONNS; do
     run_one nginx "$NGINX_PID" "$NPORT" "$c" "$r"
     run_one strata "$STRATA_PID" "$SPORT" "$c" "$r"
+    [ -z "$STRATA_B_PID" ] || run_one strata_b "$STRATA_B_PID" "$SPORT_B" "$c" "$r"
   done
 done
 
@@ -164,7 +206,7 @@ done
 median() { sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 printf '\n%-8s %6s %12s %10s %12s\n' server conns "req/s" "p99_us" "cpu_us/req"
 for c in $CONNS; do
-  for s in nginx strata; do
+  for s in $SERVERS; do
     rps=$(awk -v s=$s -v c=$c '$1==s && $2==c {print $4}' "$RESULTS" | median)
     p99=$(awk -v s=$s -v c=$c '$1==s && $2==c {print $5}' "$RESULTS" | median)
     cpu=$(awk -v s=$s -v c=$c '$1==s && $2==c {print $6}' "$RESULTS" | median)
@@ -184,5 +226,16 @@ for c in $CONNS; do
   awk -v a="$sr" -v b="$nr" -v c="$c" 'BEGIN{ printf "ratio_rps_c%s=%.3f\n", c, a/b }'
   awk -v a="$sp" -v b="$np" -v c="$c" 'BEGIN{ printf "ratio_p99_c%s=%.3f\n", c, a/b }'
   awk -v a="$sc" -v b="$nc" -v c="$c" 'BEGIN{ printf "ratio_cpu_c%s=%.3f\n", c, a/b }'
+  if [ -n "$STRATA_B_PID" ]; then
+    eval "br=\$strata_b_rps_$c bp=\$strata_b_p99_$c bc=\$strata_b_cpu_$c"
+    echo "strata_b_rps_c$c=$br"
+    echo "strata_b_p99_us_c$c=$bp"
+    echo "strata_b_cpu_us_per_req_c$c=$bc"
+    awk -v a="$br" -v b="$nr" -v c="$c" 'BEGIN{ printf "ratio_b_rps_c%s=%.3f\n", c, a/b }'
+    awk -v a="$bc" -v b="$nc" -v c="$c" 'BEGIN{ printf "ratio_b_cpu_c%s=%.3f\n", c, a/b }'
+  fi
 done
-echo "rounds=$ROUNDS duration_s=$DURATION workers=$WORKERS wrk_threads=$THREADS"
+echo "nginx_requests_total=$(awk '$1=="nginx" {n+=$7} END{print n+0}' "$RESULTS")"
+echo "strata_requests_total=$(awk '$1=="strata" {n+=$7} END{print n+0}' "$RESULTS")"
+[ -z "$STRATA_B_PID" ] || echo "strata_b_requests_total=$(awk '$1=="strata_b" {n+=$7} END{print n+0}' "$RESULTS")"
+echo "rounds=$ROUNDS duration_s=$DURATION workers=$WORKERS wrk_threads=$THREADS path=$URL_PATH"

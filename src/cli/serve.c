@@ -60,6 +60,7 @@ static strata_opt_group groups[] = {
     {"Serve", serve_opts, SERVE_OPT__COUNT},
     {"HTTP server", NULL, 0}, /* strata_server_opt_group, filled in at start */
     {"Scenarios", NULL, 0},   /* strata_scenario_opt_group */
+    {"Key-value", NULL, 0},   /* strata_kv_opt_group */
 };
 #define SERVE_NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -173,6 +174,7 @@ int cli_serve(int argc, char **argv) {
     bool want_help = false;
     groups[1] = strata_server_opt_group;
     groups[2] = strata_scenario_opt_group;
+    groups[3] = strata_kv_opt_group;
     int rc = strata_options_load(groups, SERVE_NGROUPS, argc, argv, environ, &want_help, &err);
     if (rc == STRATA_OK && !want_help)
         rc = check_urls(&err);

@@ -109,7 +109,10 @@ static void on_flush(void *ud) {
         strata_l1_invalidate_prefix(sc->l1, tracked_prefixes[i], strlen(tracked_prefixes[i]));
 }
 
-static void on_sweep(uv_timer_t *t) { scn_redpacket_sweep(t->data); }
+static void on_sweep(uv_timer_t *t) {
+    scn_redpacket_sweep(t->data);
+    scn_flashsale_sweep(t->data);
+}
 
 static void on_stop(uv_async_t *a) {
     strata_scenarios *sc = a->data;
@@ -191,7 +194,8 @@ int strata_scenarios_start(strata_scenarios **out, strata_server *server,
     }
     sc->worker_slot = rc;
     if ((rc = scn_flashsale_routes(sc, server)) != STRATA_OK ||
-        (rc = scn_redpacket_routes(sc, server)) != STRATA_OK) {
+        (rc = scn_redpacket_routes(sc, server)) != STRATA_OK ||
+        (rc = scn_kv_routes(sc, server)) != STRATA_OK) {
         strata_buf_printf(err, "cannot register scenario routes: %s", strata_strerror(rc));
         strata_scenarios_stop(&sc);
         return rc;

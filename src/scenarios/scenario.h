@@ -130,8 +130,13 @@ bool scn_json_time(strata_http_req *req, const cJSON *doc, const char *field, in
 /** The route registrations of each scenario (scenario.c calls them). */
 int scn_flashsale_routes(strata_scenarios *sc, strata_server *server);
 int scn_redpacket_routes(strata_scenarios *sc, strata_server *server);
+/** The cache-aside key-value service (kv/kv.c) and its options table ("Key-value"). */
+int scn_kv_routes(strata_scenarios *sc, strata_server *server);
+extern strata_opt_group strata_kv_opt_group;
 /** Closes red packets past their expiry that nobody touched (control thread, every second). */
 void scn_redpacket_sweep(strata_scenarios *sc);
+/** Finishes stock-shard reservations left by crashed servers (control thread, every second). */
+void scn_flashsale_sweep(strata_scenarios *sc);
 /** Their write-behind event handlers. */
 int scn_flashsale_handlers(strata_persister *p);
 int scn_redpacket_handlers(strata_persister *p);

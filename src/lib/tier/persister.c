@@ -453,9 +453,10 @@ static int run_batch(strata_persister *p, strata_redis_sync *rs, wb_stream *s, c
                                      p->cfg.batch, 0, s->name, id, strata_redis_sync_cb, &op);
     rc = tier__sync_finish(rs, &op, rc);
     if (rc < 0) {
-        strata_redis_reply_free(op.reply);
+        /* A stream recreated without its group (deleted, or lost in a failover): create it again. */
         if (op.reply && op.reply->type == STRATA_REPLY_ERROR && strstr(op.reply->str, "NOGROUP"))
             s->group_ok = false;
+        strata_redis_reply_free(op.reply);
         return rc;
     }
     wb_batch b = {p, s, NULL, 0, p->cfg.batch};

@@ -84,7 +84,10 @@ typedef struct grab_ctx {
     rp_keys keys;
     char limit_key[112];
     int attempts;
-    int skip_limit; /* the packet is known gone: only a winner's repeat can succeed */
+    /* Do not count this call in the user's limiter: the packet is known gone (only a
+     * winner's repeat can succeed), or it retries a call that may have counted already. */
+    int skip_limit;
+    int maybe_recorded; /* an earlier call of this request may have run (outcome unknown) */
 } grab_ctx;
 
 static void grab_call(void *arg);
@@ -92,6 +95,21 @@ static void grab_call(void *arg);
 static uint32_t remaining(strata_http_req *req) {
     uint64_t ms = strata_http_remaining_ms(req);
     return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+}
+
+/*
+ * The deadline of one Redis call: what is left of the request less a margin
+ * to answer and, for a call followed by WAIT, less the WAIT's own timeout
+ * (the client adds it to the call's deadline).  So a call Redis cannot finish
+ * (failover) ends here first and is answered 503 + Retry-After ("outcome
+ * unknown, ask again"), not by the HTTP server's request deadline (a bare 504).
+ */
+#define ANSWER_MARGIN_MS 30
+static uint32_t call_budget(const strata_scenarios *sc, strata_http_req *req, bool waits) {
+    uint64_t left = remaining(req);
+    uint64_t reserve =
+        ANSWER_MARGIN_MS + (waits && sc->cfg.wait_replicas > 0 ? sc->cfg.wait_timeout_ms : 0);
+    return left > reserve ? (uint32_t)(left - reserve) : 1;
 }
 
 static bool grab_retry(grab_ctx *g, void (*fn)(void *)) {
@@ -144,6 +162,12 @@ static void on_grab(void *ud, int status, const strata_redis_reply *r) {
     grab_ctx *g = ud;
     if (status == STRATA_EUNKNOWN || status == STRATA_EUNAVAIL || status == STRATA_ERETRY ||
         status == STRATA_ECLOSED) {
+        if (status == STRATA_EUNKNOWN) {
+            /* The call may have run: its limiter charge stands, so the retry, which only
+             * learns the outcome of the same attempt, is not charged (nor refused) again. */
+            g->maybe_recorded = 1;
+            g->skip_limit = 1;
+        }
         if (grab_retry(g, grab_call))
             return;
         if (status == STRATA_EUNKNOWN)
@@ -158,18 +182,24 @@ static void on_grab(void *ud, int status, const strata_redis_reply *r) {
     }
     const char *tag = r->element[0]->str;
     if ((strcmp(tag, "ok") == 0 || strcmp(tag, "already") == 0) && r->elements == 2) {
+        /* "already" after an unknown outcome is, as far as the server can tell, this
+         * request's own grab (WAIT unmet or connection lost after the script ran): a
+         * user's first request must not be told it is a repeat.  (Had the user also
+         * grabbed in an earlier request, "repeat":false is the smaller error: the amount,
+         * which is what the API promises, is the same either way.) */
+        bool repeat = tag[0] == 'a' && !g->maybe_recorded;
         strata_http_respond_jsonf(g->req, 200,
                                   "{\"packet_id\":\"%s\",\"user_id\":\"%s\",\"amount_cents\":%lld,"
                                   "\"repeat\":%s}",
                                   g->id, g->user, r->element[1]->integer,
-                                  tag[0] == 'a' ? "true" : "false");
+                                  repeat ? "true" : "false");
     } else if (strcmp(tag, "gone") == 0) {
         mark_gone(g);
         strata_http_respond_error(g->req, 410, "gone", "red packet %s is empty or expired", g->id);
     } else if (strcmp(tag, "expired") == 0) {
         run_expire(g->w->redis, &g->keys, g->id, strata_clock_wall_ms(g->sc->env.clock),
-                   remaining(g->req), on_expired_for_grab, g, g->sc->cfg.wait_replicas,
-                   g->sc->cfg.wait_timeout_ms);
+                   call_budget(g->sc, g->req, true), on_expired_for_grab, g,
+                   g->sc->cfg.wait_replicas, g->sc->cfg.wait_timeout_ms);
     } else if (strcmp(tag, "rate_limited") == 0 && r->elements == 2) {
         long long us = r->element[1]->integer;
         char ra[24];
@@ -204,7 +234,7 @@ static void grab_call(void *arg) {
     size_t al[6] = {strlen(g->id),  strlen(g->user), strlen(now),
                     strlen(maxlen), strlen(gcra[0]), strlen(gcra[1])};
     strata_redis_call call = {0};
-    call.timeout_ms = remaining(g->req);
+    call.timeout_ms = call_budget(g->sc, g->req, true);
     call.wait_replicas = g->sc->cfg.wait_replicas;
     call.wait_timeout_ms = g->sc->cfg.wait_timeout_ms;
     int rc = strata_redis_evalsha(g->w->redis, &call, &s_grab, on_grab, g, R__COUNT + 1, keys, kl,
@@ -308,8 +338,9 @@ static void on_status(void *ud, int status, const strata_redis_reply *r) {
     if (strcmp(st, "open") == 0 && now >= v[2] && !c->expired_once) {
         /* Past its time: close it (refund exactly once) before answering. */
         c->expired_once = 1;
-        run_expire(scn_worker_of(c->sc, c->req)->redis, &c->keys, c->id, now, remaining(c->req),
-                   on_status_expired, c, c->sc->cfg.wait_replicas, c->sc->cfg.wait_timeout_ms);
+        run_expire(scn_worker_of(c->sc, c->req)->redis, &c->keys, c->id, now,
+                   call_budget(c->sc, c->req, true), on_status_expired, c, c->sc->cfg.wait_replicas,
+                   c->sc->cfg.wait_timeout_ms);
         return;
     }
     long long remaining_cents = v[0] - v[4] - v[6];
@@ -324,7 +355,7 @@ static void on_status(void *ud, int status, const strata_redis_reply *r) {
 
 static void status_fetch(status_ctx *c) {
     strata_redis_call call = {0};
-    call.timeout_ms = remaining(c->req);
+    call.timeout_ms = call_budget(c->sc, c->req, false);
     const char *keys[2] = {c->keys.k[R_SHARES], c->keys.k[R_META]};
     size_t kl[2] = {c->keys.len[R_SHARES], c->keys.len[R_META]};
     int rc = strata_redis_evalsha(scn_worker_of(c->sc, c->req)->redis, &call, &s_status, on_status,
@@ -403,7 +434,7 @@ static void on_redis_create(void *ud, int status, const strata_redis_reply *r) {
     const char *zadd[4] = {"ZADD", "rp:expiries", score, cc->id};
     size_t zl[4] = {4, 11, strlen(score), strlen(cc->id)};
     strata_redis_call call = {0};
-    call.timeout_ms = remaining(cc->req);
+    call.timeout_ms = call_budget(cc->sc, cc->req, false);
     int rc = strata_redis_command_argv(cc->w->redis, &call, on_create_done, cc, 4, zadd, zl);
     if (rc != STRATA_OK)
         scn_respond_failure(cc->req, rc, "register packet");
@@ -433,7 +464,7 @@ static void create_in_redis(create_ctx *cc) {
     const char *keys[3] = {cc->keys.k[R_SHARES], cc->keys.k[R_META], cc->keys.k[R_FLAG]};
     size_t kl[3] = {cc->keys.len[R_SHARES], cc->keys.len[R_META], cc->keys.len[R_FLAG]};
     strata_redis_call call = {0};
-    call.timeout_ms = remaining(cc->req);
+    call.timeout_ms = call_budget(cc->sc, cc->req, true);
     call.wait_replicas = cc->sc->cfg.wait_replicas;
     call.wait_timeout_ms = cc->sc->cfg.wait_timeout_ms;
     int rc = strata_redis_evalsha(cc->w->redis, &call, &s_create, on_redis_create, cc, 3, keys, kl,
@@ -464,7 +495,7 @@ static void on_db_created(int status, void *arg) {
     const char *sadd[3] = {"SADD", SCN_STREAMS_REGISTRY, cc->keys.k[R_EVENTS]};
     size_t sl[3] = {4, strlen(SCN_STREAMS_REGISTRY), cc->keys.len[R_EVENTS]};
     strata_redis_call call = {0};
-    call.timeout_ms = remaining(cc->req);
+    call.timeout_ms = call_budget(cc->sc, cc->req, false);
     int rc = strata_redis_command_argv(cc->w->redis, &call, on_registered, cc, 3, sadd, sl);
     if (rc != STRATA_OK)
         scn_respond_failure(cc->req, rc, "register the packet's event stream");
