@@ -19,8 +19,11 @@
 # HMGET-first read (docs/notes/kv-tier-hmget-fastpath.diff) a hit is one HMGET
 # and no EVALSHA.
 #
-# usage: STRATA_BIN=build/kv-rel/strata bench/http-redis-compare.sh [--rounds 5]
-#        [--duration 10] [--workers 1] [--conns "64 256"] [--threads 2]
+# usage: STRATA_BIN=build/kv-rel/strata [STRATA_BIN_B=other/strata] \
+#        bench/http-redis-compare.sh [--rounds 5] [--duration 10] [--workers 1]
+#        [--conns "64 256"] [--threads 2]
+# STRATA_BIN_B: a second build measured in the same rounds (A/B of a change),
+# same flags, same Redis and database (the key is written once, through A).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STRATA_BIN=${STRATA_BIN:-$ROOT/build/release/strata}
@@ -42,24 +45,29 @@ RPID=$!
 for _ in $(seq 1 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 
 BODY='{"ns":"bench","key":"k","value":"v","version":1}'
-SERVER_CMD="$STRATA_BIN serve --listen 127.0.0.1:{port} --workers {workers} --var-dir $TMP/var \
+FLAGS="--listen 127.0.0.1:{port} --workers {workers} --db sqlite://$TMP/kv.db \
 --redis redis://127.0.0.1:$RPORT --admin-token bench --kv-namespaces bench --kv-l1=false \
 --kv-ttl 1h --max-connections 20000 --log-level warn"
-SETUP="curl -sf -X PUT -H 'Authorization: Bearer bench' -d '{\"value\":\"v\"}' \
-http://127.0.0.1:{port}/v1/kv/bench/k >/dev/null && \
-for i in \$(seq 1 200); do \
+SERVER_CMD="$STRATA_BIN serve --var-dir $TMP/var $FLAGS"
+AWAIT_HIT="for i in \$(seq 1 200); do \
   [ \"\$(curl -s -D - -o /dev/null http://127.0.0.1:{port}/v1/kv/bench/k | tr -d '\r' | \
      awk -F': ' '/^X-Strata-Tier/ {print \$2}')\" = redis ] && break; sleep 0.05; done && \
 test \"\$(curl -s http://127.0.0.1:{port}/v1/kv/bench/k)\" = '$BODY' && \
 redis-cli -p $RPORT CONFIG RESETSTAT >/dev/null"
+SETUP="curl -sf -X PUT -H 'Authorization: Bearer bench' -d '{\"value\":\"v\"}' \
+http://127.0.0.1:{port}/v1/kv/bench/k >/dev/null && $AWAIT_HIT"
+B=()
+if [ -n "${STRATA_BIN_B:-}" ]; then
+  B=(--server-cmd-b "$STRATA_BIN_B serve --var-dir $TMP/var_b $FLAGS" --setup-b "$AWAIT_HIT")
+fi
 
 OUT="$TMP/compare.out"
 "$ROOT/bench/http-compare.sh" --path /v1/kv/bench/k --body "$BODY" --server-cmd "$SERVER_CMD" \
-  --setup "$SETUP" "$@" | tee "$OUT"
+  --setup "$SETUP" "${B[@]}" "$@" | tee "$OUT"
 STATS=$(redis-cli -p "$RPORT" INFO commandstats | tr -d '\r')
 EVALSHA=$(echo "$STATS" | awk -F'[=,:]' '/^cmdstat_evalsha:/ {print $3}')
 HMGET=$(echo "$STATS" | awk -F'[=,:]' '/^cmdstat_hmget:/ {print $3}')
-REQS=$(awk -F= '/^strata_requests_total=/ {print $2}' "$OUT")
+REQS=$(awk -F= '/^strata(_b)?_requests_total=/ {n += $2} END {print n+0}' "$OUT")
 echo "redis_evalsha_calls=${EVALSHA:-0}"
 echo "redis_hmget_calls=${HMGET:-0}"
 # Redis 7 counts the commands a script runs in commandstats too: tier_get.lua runs one HMGET.

@@ -305,21 +305,28 @@ const char *strata_wb_event_get(const strata_wb_event *e, const char *field, siz
 typedef int (*strata_wb_handler_fn)(strata_db_conn *c, const strata_wb_event *e, void *ctx);
 
 typedef struct strata_persister_config {
-    const char *redis_url;         /* required (copied) */
-    strata_db *db;                 /* required, borrowed */
-    const char *node_id;           /* consumer name; required and STABLE across restarts */
-    const char *group;             /* STRATA_WB_GROUP */
-    const char *registry;          /* STRATA_WB_REGISTRY */
-    uint32_t batch;                /* entries per read and per transaction: 200 */
-    uint32_t idle_max_ms;          /* idle polling backs off up to this: 50 */
-    uint32_t discover_ms;          /* re-read the registry this often: 1 000 */
-    uint32_t claim_idle_ms;        /* XAUTOCLAIM entries idle this long (a dead node's): 30 000 */
-    uint32_t claim_every_ms;       /* run XAUTOCLAIM this often: 5 000 */
-    uint32_t max_attempts;         /* failures before the dead-letter stream: 5 */
-    uint32_t retry_min_ms;         /* backoff after a failed batch, doubled ...: 50 */
-    uint32_t retry_max_ms;         /* ... up to: 2 000 */
-    uint32_t trim_every_ms;        /* strata_redis_xtrim_safe each stream this often: 10 000 */
-    uint32_t stats_every_ms;       /* refresh lag/pending/dlq gauges: 1 000 */
+    const char *redis_url;   /* required (copied) */
+    strata_db *db;           /* required, borrowed */
+    const char *node_id;     /* consumer name; required and STABLE across restarts */
+    const char *group;       /* STRATA_WB_GROUP */
+    const char *registry;    /* STRATA_WB_REGISTRY */
+    uint32_t batch;          /* entries per read and per transaction: 200 */
+    uint32_t idle_max_ms;    /* idle polling backs off up to this: 50 */
+    uint32_t discover_ms;    /* re-read the registry this often: 1 000 */
+    uint32_t claim_idle_ms;  /* XAUTOCLAIM entries idle this long (a dead node's): 30 000 */
+    uint32_t claim_every_ms; /* run XAUTOCLAIM this often: 5 000 */
+    uint32_t max_attempts;   /* failures before the dead-letter stream: 5 */
+    uint32_t retry_min_ms;   /* backoff after a failed batch, doubled ...: 50 */
+    uint32_t retry_max_ms;   /* ... up to: 2 000 */
+    uint32_t trim_every_ms;  /* strata_redis_xtrim_safe each stream this often: 10 000 */
+    uint32_t stats_every_ms; /* refresh lag/pending/dlq gauges: 1 000 */
+    /* > 0: a batch is applied only once `wait_replicas` replicas acknowledged it (WAIT
+     * right after the XREADGROUP, which is itself a replicated write, so the events read
+     * are on the replicas too).  Otherwise a failover that loses writes could leave the
+     * database holding events the new master never saw, and its reissued ids would then
+     * be skipped as duplicates.  0 (default) = no replicas to wait for. */
+    int wait_replicas;
+    uint32_t wait_timeout_ms;      /* WAIT's timeout: 500 */
     strata_breaker_config breaker; /* around the database */
     strata_metrics *metrics;       /* borrowed; NULL = none */
     strata_clock *clock;           /* borrowed; NULL = system (breaker time) */

@@ -297,6 +297,7 @@ int cli_serve(int argc, char **argv) {
     pc.node_id = node_id;
     pc.metrics = metrics;
     pc.clock = clock;
+    pc.wait_replicas = strata_scenarios_wait_replicas(redis_url, &pc.wait_timeout_ms);
     strata_relay_config rcfg;
     strata_relay_config_init(&rcfg);
     rcfg.redis_url = redis_url;
@@ -313,8 +314,8 @@ int cli_serve(int argc, char **argv) {
         exit_code = EXIT_UNAVAILABLE;
         goto out;
     }
-    LOG_INFO("write_behind_started", "node_id=%s group=%s registry=%s", node_id, STRATA_WB_GROUP,
-             STRATA_WB_REGISTRY);
+    LOG_INFO("write_behind_started", "node_id=%s group=%s registry=%s wait_replicas=%d", node_id,
+             STRATA_WB_GROUP, STRATA_WB_REGISTRY, pc.wait_replicas);
 
     strata_server_deps deps = {metrics, clock, groups, SERVE_NGROUPS};
     strata_buf_reset(&err);

@@ -54,6 +54,14 @@ int strata_scenarios_setup(void) {
     return rc;
 }
 
+static int resolve_wait(const char *redis_url, int64_t opt);
+
+int strata_scenarios_wait_replicas(const char *redis_url, uint32_t *timeout_ms) {
+    if (timeout_ms)
+        *timeout_ms = (uint32_t)scenario_opts[OPT_wait_timeout].val.i;
+    return resolve_wait(redis_url, scenario_opts[OPT_wait_replicas].val.i);
+}
+
 int strata_scenarios_handlers(strata_persister *p) {
     int rc = scn_flashsale_handlers(p);
     return rc == STRATA_OK ? scn_redpacket_handlers(p) : rc;
@@ -129,7 +137,7 @@ static void control_thread(void *arg) {
 }
 
 /* Effective WAIT: -1 asks the master whether it has replicas. */
-static int resolve_wait(strata_scenarios *sc, int64_t opt) {
+static int resolve_wait(const char *redis_url, int64_t opt) {
     if (opt >= 0)
         return (int)opt;
     strata_redis_options o;
@@ -137,7 +145,7 @@ static int resolve_wait(strata_scenarios *sc, int64_t opt) {
     strata_redis_sync *rs = NULL;
     strata_buf err = STRATA_BUF_INIT;
     int n = 0;
-    if (strata_redis_sync_create(&rs, sc->env.redis_url, &o, &err) == STRATA_OK) {
+    if (strata_redis_sync_create(&rs, redis_url, &o, &err) == STRATA_OK) {
         strata_redis_reply *r = NULL;
         if (strata_redis_sync_command(rs, &r, "INFO replication") == STRATA_OK && r && r->str) {
             const char *p = strstr(r->str, "connected_slaves:");
@@ -163,7 +171,7 @@ int strata_scenarios_start(strata_scenarios **out, strata_server *server,
     sc->cfg.stream_max_len = (uint64_t)scenario_opts[OPT_stream_max_len].val.i;
     sc->cfg.wait_timeout_ms = (uint32_t)scenario_opts[OPT_wait_timeout].val.i;
     sc->cfg.status_ttl_ns = (uint64_t)scenario_opts[OPT_status_ttl].val.i * 1000000ull;
-    sc->cfg.wait_replicas = resolve_wait(sc, scenario_opts[OPT_wait_replicas].val.i);
+    sc->cfg.wait_replicas = resolve_wait(env->redis_url, scenario_opts[OPT_wait_replicas].val.i);
     sc->m_l1_flag_hits =
         strata_metrics_counter(env->metrics, "strata_scenario_l1_flag_hits_total",
                                "Requests answered from an L1 flag (sold out, gone)", NULL);
@@ -296,6 +304,63 @@ bool scn_json_id(strata_http_req *req, const cJSON *doc, const char *field, cons
                                   err.data ? err.data : "invalid field");
     strata_buf_free(&err);
     return rc == STRATA_OK;
+}
+
+bool scn_read_user(strata_http_req *req, const char **user) {
+    cJSON *doc;
+    if (strata_http_read_json(req, &doc) < 0)
+        return false;
+    static const char *const allowed[] = {"user_id", NULL};
+    strata_buf err = STRATA_BUF_INIT;
+    if (strata_json_only_fields(doc, allowed, &err) != STRATA_OK) {
+        strata_http_respond_error(req, 400, "invalid_field", "%s", err.data ? err.data : "");
+        strata_buf_free(&err);
+        return false;
+    }
+    strata_buf_free(&err);
+    return scn_json_id(req, doc, "user_id", user);
+}
+
+void *scn_request_ctx(strata_http_req *req, size_t size, const char *what) {
+    void *p = strata_http_alloc(req, size);
+    if (!p) {
+        scn_respond_failure(req, STRATA_ENOMEM, what);
+        return NULL;
+    }
+    memset(p, 0, size);
+    return p;
+}
+
+bool scn_retry(strata_scenarios *sc, strata_http_req *req, uv_loop_t *loop, int *attempts,
+               void (*fn)(void *arg), void *arg) {
+    uint64_t delay = 20u << (*attempts < 5 ? *attempts : 5); /* 20 ms .. 640 ms */
+    (*attempts)++;
+    if (strata_http_is_abandoned(req) || strata_http_remaining_ms(req) <= delay + 50)
+        return false;
+    if (scn_after(loop, delay, fn, arg) != STRATA_OK)
+        return false;
+    strata_counter_inc(sc->m_retries);
+    return true;
+}
+
+/* Time kept back to answer (503 with Retry-After) before the server's own 504. */
+#define ANSWER_MARGIN_MS 30
+
+uint32_t scn_call_budget(const strata_scenarios *sc, strata_http_req *req, bool waits) {
+    uint64_t left = strata_http_remaining_ms(req);
+    uint64_t reserve =
+        ANSWER_MARGIN_MS + (waits && sc->cfg.wait_replicas > 0 ? sc->cfg.wait_timeout_ms : 0);
+    return left > reserve ? (uint32_t)(left - reserve > UINT32_MAX ? UINT32_MAX : left - reserve)
+                          : 1;
+}
+
+void scn_respond_limited(strata_http_req *req, long long retry_after_us) {
+    char ra[24];
+    snprintf(ra, sizeof ra, "%lld", (retry_after_us + 999999) / 1000000);
+    strata_http_add_header(req, "Retry-After", ra);
+    strata_http_respond_error(req, 429, "rate_limited",
+                              "too many attempts by this user; retry in %lld ms",
+                              (retry_after_us + 999) / 1000);
 }
 
 void scn_respond_failure(strata_http_req *req, int status, const char *what) {

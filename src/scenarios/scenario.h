@@ -51,6 +51,14 @@ int strata_scenarios_setup(void);
 int strata_scenarios_start(strata_scenarios **out, strata_server *server,
                            const strata_scenario_env *env, strata_buf *err);
 
+/**
+ * The WAIT the scenarios' writes use (--wait-replicas; -1 resolved by asking
+ * the master for its replicas) and its timeout: the persister waits the same
+ * before applying a batch, so the database never holds an event a failover
+ * could still lose.
+ */
+int strata_scenarios_wait_replicas(const char *redis_url, uint32_t *timeout_ms);
+
 /** Registers every scenario's write-behind event handlers on the persister (before its start). */
 int strata_scenarios_handlers(strata_persister *p);
 
@@ -105,6 +113,33 @@ static inline int scn_opt(int rc) { return rc > 0 ? 0 : rc; }
 
 /** True when s is 1..64 bytes of [A-Za-z0-9_.:-] (ids used inside Redis keys). */
 bool scn_valid_id(const char *s, size_t len);
+
+/**
+ * Reads a body that must be exactly {"user_id": <id>}: on any error answers
+ * 400 (or the JSON layer's error) and returns false.
+ */
+bool scn_read_user(strata_http_req *req, const char **user);
+
+/** A zeroed per-request context from the request's arena; answers 503 and returns NULL on ENOMEM. */
+void *scn_request_ctx(strata_http_req *req, size_t size, const char *what);
+
+/**
+ * Schedules fn(arg) after a backoff (20 ms doubling to 640 ms, by *attempts,
+ * which it increments) when the request still has time for it; counts a
+ * retry.  False when it is abandoned or out of time: answer instead.
+ */
+bool scn_retry(strata_scenarios *sc, strata_http_req *req, uv_loop_t *loop, int *attempts,
+               void (*fn)(void *arg), void *arg);
+
+/**
+ * The deadline (ms) to give a Redis call so the answer still beats the
+ * request's own deadline: what is left, minus a margin to answer, minus
+ * --wait-timeout when the call is followed by WAIT.  At least 1.
+ */
+uint32_t scn_call_budget(const strata_scenarios *sc, strata_http_req *req, bool waits);
+
+/** 429 rate_limited with Retry-After (whole seconds, rounded up). */
+void scn_respond_limited(strata_http_req *req, long long retry_after_us);
 
 /** Reads a required id field of the JSON body; on error answers 400 and returns false. */
 bool scn_json_id(strata_http_req *req, const cJSON *doc, const char *field, const char **out);

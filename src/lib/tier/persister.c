@@ -95,10 +95,10 @@ struct strata_persister {
 
     /* stats */
     atomic_uint_fast64_t applied, duplicates, superseded, failed_events, dead_lettered;
-    atomic_uint_fast64_t batches, batch_failures, claimed, acked, trimmed;
+    atomic_uint_fast64_t batches, batch_failures, claimed, acked, trimmed, unreplicated;
     atomic_int_fast64_t lag, pending, dlq;
     strata_counter *m_applied, *m_dup, *m_superseded, *m_failed, *m_dead, *m_batches, *m_batch_fail,
-        *m_claimed;
+        *m_claimed, *m_unreplicated;
     strata_gauge *g_lag, *g_pending, *g_dlq;
 };
 
@@ -116,6 +116,7 @@ void strata_persister_config_init(strata_persister_config *c) {
     c->retry_max_ms = 2000;
     c->trim_every_ms = 10000;
     c->stats_every_ms = 1000;
+    c->wait_timeout_ms = 500;
     strata_breaker_config_default(&c->breaker);
 }
 
@@ -209,6 +210,9 @@ int strata_persister_create(const strata_persister_config *cfg, strata_persister
                                                  "write-behind batches lost (retried)", NULL);
         p->m_claimed = strata_metrics_counter(m, "strata_wb_claimed_total",
                                               "entries taken over by XAUTOCLAIM", NULL);
+        p->m_unreplicated = strata_metrics_counter(
+            m, "strata_wb_unreplicated_total",
+            "batches held back because replicas had not acknowledged them (WAIT unmet)", NULL);
         p->g_lag = strata_metrics_gauge(m, "strata_wb_lag",
                                         "entries not yet delivered to the persister group", NULL);
         p->g_pending = strata_metrics_gauge(m, "strata_wb_pending",
@@ -449,9 +453,20 @@ static void stream_backoff(strata_persister *p, wb_stream *s) {
  */
 static int run_batch(strata_persister *p, strata_redis_sync *rs, wb_stream *s, const char *id) {
     strata_redis_sync_op op = {0};
-    int rc = strata_redis_xreadgroup(strata_redis_sync_client(rs), NULL, p->group, p->node_id,
+    strata_redis_call call = {0};
+    call.wait_replicas = p->cfg.wait_replicas;
+    call.wait_timeout_ms = p->cfg.wait_timeout_ms;
+    int rc = strata_redis_xreadgroup(strata_redis_sync_client(rs), &call, p->group, p->node_id,
                                      p->cfg.batch, 0, s->name, id, strata_redis_sync_cb, &op);
     rc = tier__sync_finish(rs, &op, rc);
+    if (rc == STRATA_EUNKNOWN && p->cfg.wait_replicas > 0) {
+        /* Read, but not yet on enough replicas: apply nothing.  The entries stay pending to
+         * this consumer and are read again ("0") once the replicas catch up. */
+        strata_redis_reply_free(op.reply);
+        count(&p->unreplicated, p->m_unreplicated, 1);
+        stream_backoff(p, s);
+        return rc;
+    }
     if (rc < 0) {
         /* A stream recreated without its group (deleted, or lost in a failover): create it again. */
         if (op.reply && op.reply->type == STRATA_REPLY_ERROR && strstr(op.reply->str, "NOGROUP"))

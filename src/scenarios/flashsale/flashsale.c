@@ -276,26 +276,16 @@ static void fetch_state(void *arg);
 static void sold_out_check(order_ctx *o);
 static void seglock_start(order_ctx *o);
 static void seg_limit(order_ctx *o);
-static void respond_limited(strata_http_req *req, long long retry_after_us);
 static void take_call(void *arg);
 static void settle_call(void *arg);
 
-static uint32_t remaining_ms(order_ctx *o) {
-    uint64_t ms = strata_http_remaining_ms(o->req);
-    return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
-}
+/* Every order step may be followed by WAIT: keep its timeout and a margin to answer 503. */
+static uint32_t remaining_ms(order_ctx *o) { return scn_call_budget(o->sc, o->req, true); }
 
 /* Retries an idempotent step after a short backoff while the request has time. */
 static bool retry_later(order_ctx *o, void (*fn)(void *), int status) {
-    uint64_t delay = 20u << (o->attempts < 5 ? o->attempts : 5); /* 20 ms .. 640 ms */
-    o->attempts++;
-    if (strata_http_is_abandoned(o->req) || remaining_ms(o) <= delay + 50)
-        return false;
-    strata_counter_inc(o->sc->m_retries);
-    if (scn_after(o->w->loop, delay, fn, o) != STRATA_OK)
-        return false;
     (void)status;
-    return true;
+    return scn_retry(o->sc, o->req, o->w->loop, &o->attempts, fn, o);
 }
 
 static void respond_already(strata_http_req *req, const char *order_id, size_t len) {
@@ -602,7 +592,7 @@ static void on_order(void *ud, int status, const strata_redis_reply *r) {
         }
         respond_sold_out(o);
     } else if (strcmp(tag, "rate_limited") == 0 && r->elements == 2) {
-        respond_limited(o->req, r->element[1]->integer);
+        scn_respond_limited(o->req, r->element[1]->integer);
     } else if (strcmp(tag, "unknown_sale") == 0) {
         strata_l1_invalidate(o->sc->l1, o->keys.k[K_FLAG], o->keys.len[K_FLAG]);
         strata_http_respond_error(o->req, 404, "not_found", "no sale %s", o->sku);
@@ -679,15 +669,6 @@ static void order_call(void *arg) {
         scn_respond_failure(o->req, rc, "order");
 }
 
-static void respond_limited(strata_http_req *req, long long retry_after_us) {
-    char ra[24];
-    snprintf(ra, sizeof ra, "%lld", (retry_after_us + 999999) / 1000000);
-    strata_http_add_header(req, "Retry-After", ra);
-    strata_http_respond_error(req, 429, "rate_limited",
-                              "too many attempts by this user; retry in %lld ms",
-                              (retry_after_us + 999) / 1000);
-}
-
 /*
  * A sold-out sale: a non-buyer is answered here without Redis; a possible
  * buyer (Bloom "maybe") goes to the Lua call, which answers with the truth
@@ -724,6 +705,12 @@ static void on_buyer_bits(void *ud, int status, const strata_redis_reply *r) {
 }
 
 static void sold_out_check(order_ctx *o) {
+    if (o->sc->cfg.flashsale_segment_lock) {
+        /* The baseline keeps no buyers' Bloom filter: a buyer must still learn its order. */
+        o->skip_limit = 1;
+        order_call(o);
+        return;
+    }
     strata_buf bits = STRATA_BUF_INIT;
     int rc = strata_l1_get_buf(o->sc->l1, o->keys.k[K_L1BUYERS], o->keys.len[K_L1BUYERS], &bits);
     if (rc == STRATA_L1_HIT) {
@@ -826,26 +813,12 @@ static void post_order(strata_http_req *req, void *ctx) {
     const char *sku = path_sku(req);
     if (!sku)
         return;
-    cJSON *doc;
-    if (strata_http_read_json(req, &doc) < 0)
-        return;
-    static const char *const allowed[] = {"user_id", NULL};
-    strata_buf err = STRATA_BUF_INIT;
-    if (strata_json_only_fields(doc, allowed, &err) != STRATA_OK) {
-        strata_http_respond_error(req, 400, "invalid_field", "%s", err.data ? err.data : "");
-        strata_buf_free(&err);
-        return;
-    }
-    strata_buf_free(&err);
     const char *user;
-    if (!scn_json_id(req, doc, "user_id", &user))
+    if (!scn_read_user(req, &user))
         return;
-    order_ctx *o = strata_http_alloc(req, sizeof *o);
-    if (!o) {
-        scn_respond_failure(req, STRATA_ENOMEM, "order");
+    order_ctx *o = scn_request_ctx(req, sizeof *o, "order");
+    if (!o)
         return;
-    }
-    memset(o, 0, sizeof *o);
     o->sc = sc;
     o->req = req;
     o->w = scn_worker_of(sc, req);
@@ -956,12 +929,9 @@ static void get_sale(strata_http_req *req, void *ctx) {
     const char *sku = path_sku(req);
     if (!sku)
         return;
-    status_ctx *c = strata_http_alloc(req, sizeof *c);
-    if (!c) {
-        scn_respond_failure(req, STRATA_ENOMEM, "sale state");
+    status_ctx *c = scn_request_ctx(req, sizeof *c, "sale state");
+    if (!c)
         return;
-    }
-    memset(c, 0, sizeof *c);
     c->sc = sc;
     c->req = req;
     c->sku = sku;
@@ -1267,12 +1237,9 @@ static void post_sale(strata_http_req *req, void *ctx) {
         strata_http_respond_error(req, 400, "invalid_field", "ends_at must be after starts_at");
         return;
     }
-    create_ctx *cc = strata_http_alloc(req, sizeof *cc);
-    if (!cc) {
-        scn_respond_failure(req, STRATA_ENOMEM, "create sale");
+    create_ctx *cc = scn_request_ctx(req, sizeof *cc, "create sale");
+    if (!cc)
         return;
-    }
-    memset(cc, 0, sizeof *cc);
     cc->sc = sc;
     cc->req = req;
     cc->w = scn_worker_of(sc, req);
@@ -1401,12 +1368,9 @@ static void get_order(strata_http_req *req, void *ctx) {
             "an order id looks like <sku>-<number> or <sku>-<shard>.<number>");
         return;
     }
-    lookup_ctx *lc = strata_http_alloc(req, sizeof *lc);
-    if (!lc) {
-        scn_respond_failure(req, STRATA_ENOMEM, "order lookup");
+    lookup_ctx *lc = scn_request_ctx(req, sizeof *lc, "order lookup");
+    if (!lc)
         return;
-    }
-    memset(lc, 0, sizeof *lc);
     lc->sc = sc;
     lc->req = req;
     lc->order_id = id;
@@ -1585,7 +1549,7 @@ static void on_seg_limit(void *ud, int status, const strata_redis_reply *r) {
             if (g.allowed)
                 seglock_start(o);
             else
-                respond_limited(o->req, g.retry_after_us);
+                scn_respond_limited(o->req, g.retry_after_us);
             return;
         }
         status = STRATA_EPROTO;

@@ -92,11 +92,6 @@ typedef struct grab_ctx {
 
 static void grab_call(void *arg);
 
-static uint32_t remaining(strata_http_req *req) {
-    uint64_t ms = strata_http_remaining_ms(req);
-    return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
-}
-
 /*
  * The deadline of one Redis call: what is left of the request less a margin
  * to answer and, for a call followed by WAIT, less the WAIT's own timeout
@@ -104,21 +99,12 @@ static uint32_t remaining(strata_http_req *req) {
  * (failover) ends here first and is answered 503 + Retry-After ("outcome
  * unknown, ask again"), not by the HTTP server's request deadline (a bare 504).
  */
-#define ANSWER_MARGIN_MS 30
 static uint32_t call_budget(const strata_scenarios *sc, strata_http_req *req, bool waits) {
-    uint64_t left = remaining(req);
-    uint64_t reserve =
-        ANSWER_MARGIN_MS + (waits && sc->cfg.wait_replicas > 0 ? sc->cfg.wait_timeout_ms : 0);
-    return left > reserve ? (uint32_t)(left - reserve) : 1;
+    return scn_call_budget(sc, req, waits);
 }
 
 static bool grab_retry(grab_ctx *g, void (*fn)(void *)) {
-    uint64_t delay = 20u << (g->attempts < 5 ? g->attempts : 5);
-    g->attempts++;
-    if (strata_http_is_abandoned(g->req) || remaining(g->req) <= delay + 50)
-        return false;
-    strata_counter_inc(g->sc->m_retries);
-    return scn_after(g->w->loop, delay, fn, g) == STRATA_OK;
+    return scn_retry(g->sc, g->req, g->w->loop, &g->attempts, fn, g);
 }
 
 static void mark_gone(grab_ctx *g) {
@@ -201,13 +187,7 @@ static void on_grab(void *ud, int status, const strata_redis_reply *r) {
                    call_budget(g->sc, g->req, true), on_expired_for_grab, g,
                    g->sc->cfg.wait_replicas, g->sc->cfg.wait_timeout_ms);
     } else if (strcmp(tag, "rate_limited") == 0 && r->elements == 2) {
-        long long us = r->element[1]->integer;
-        char ra[24];
-        snprintf(ra, sizeof ra, "%lld", (us + 999999) / 1000000);
-        strata_http_add_header(g->req, "Retry-After", ra);
-        strata_http_respond_error(g->req, 429, "rate_limited",
-                                  "too many attempts by this user; retry in %lld ms",
-                                  (us + 999) / 1000);
+        scn_respond_limited(g->req, r->element[1]->integer);
     } else if (strcmp(tag, "unknown") == 0) {
         strata_http_respond_error(g->req, 404, "not_found", "no red packet %s", g->id);
     } else {
@@ -250,26 +230,12 @@ static void post_grab(strata_http_req *req, void *ctx) {
         strata_http_respond_error(req, 404, "not_found", "a red packet id is 16 hex characters");
         return;
     }
-    cJSON *doc;
-    if (strata_http_read_json(req, &doc) < 0)
-        return;
-    static const char *const allowed[] = {"user_id", NULL};
-    strata_buf err = STRATA_BUF_INIT;
-    if (strata_json_only_fields(doc, allowed, &err) != STRATA_OK) {
-        strata_http_respond_error(req, 400, "invalid_field", "%s", err.data ? err.data : "");
-        strata_buf_free(&err);
-        return;
-    }
-    strata_buf_free(&err);
     const char *user;
-    if (!scn_json_id(req, doc, "user_id", &user))
+    if (!scn_read_user(req, &user))
         return;
-    grab_ctx *g = strata_http_alloc(req, sizeof *g);
-    if (!g) {
-        scn_respond_failure(req, STRATA_ENOMEM, "grab");
+    grab_ctx *g = scn_request_ctx(req, sizeof *g, "grab");
+    if (!g)
         return;
-    }
-    memset(g, 0, sizeof *g);
     g->sc = sc;
     g->req = req;
     g->w = scn_worker_of(sc, req);
@@ -370,12 +336,9 @@ static void get_packet(strata_http_req *req, void *ctx) {
         strata_http_respond_error(req, 404, "not_found", "a red packet id is 16 hex characters");
         return;
     }
-    status_ctx *c = strata_http_alloc(req, sizeof *c);
-    if (!c) {
-        scn_respond_failure(req, STRATA_ENOMEM, "packet state");
+    status_ctx *c = scn_request_ctx(req, sizeof *c, "packet state");
+    if (!c)
         return;
-    }
-    memset(c, 0, sizeof *c);
     c->sc = ctx;
     c->req = req;
     c->id = id;
