@@ -33,20 +33,21 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT INT TERM
 
-start() { # name strategy -> prints port
+start() { # name strategy -> sets PORT (not in a $(...) subshell: PIDS must reach cleanup)
   local name=$1 strategy=$2
   "$BIN" serve --var-dir "$TMP/$name" --listen 127.0.0.1:0 --admin-token bench \
     --flashsale-strategy "$strategy" --user-burst 100 --log-level info >"$TMP/$name.log" 2>&1 &
   PIDS+=($!)
+  PORT=""
   for _ in $(seq 1 300); do
-    port=$(sed -n 's/.*event=ready.*listen=127.0.0.1:\([0-9]*\).*/\1/p' "$TMP/$name.log" | tail -1)
-    [ -n "$port" ] && { echo "$port"; return; }
+    PORT=$(sed -n 's/.*event=ready.*listen=127.0.0.1:\([0-9]*\).*/\1/p' "$TMP/$name.log" | tail -1)
+    [ -n "$PORT" ] && return
     sleep 0.1
   done
   echo "flashsale-compare: $name did not start" >&2; cat "$TMP/$name.log" >&2; exit 1
 }
-LUA_PORT=$(start lua lua)
-SEG_PORT=$(start seg segment-lock)
+start lua lua; LUA_PORT=$PORT
+start seg segment-lock; SEG_PORT=$PORT
 echo "flashsale-compare: lua port $LUA_PORT, segment-lock port $SEG_PORT, stock=users=$STOCK, $CONNS connections, $ROUNDS rounds"
 
 run() { # name port round
