@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # l1-compare.sh: L1 hit ratio and throughput, Strata vs Caffeine 2.6.2, in one run.
 #
-#   bench/l1-compare.sh [--quick] [--no-throughput]
+#   bench/l1-compare.sh [--quick] [--no-throughput | --only-throughput]
 #
 # Builds the Release `strata` (build/release) unless STRATA_BIN points at one,
 # compiles bench/java/L1Compare.java against Debian's libcaffeine-java
@@ -9,19 +9,22 @@
 #   1. hit ratio per trace and size: strata (adaptive W-TinyLFU, the default),
 #      fixed (1 % window), exact LRU, Belady's OPT (all from `strata bench
 #      l1-replay --policy all`) and Caffeine 2.6.2 (the same key stream);
-#   2. throughput per mix and thread count: strata vs Caffeine (median of 5
-#      rounds each; Caffeine after a JIT warm-up of 5 rounds) and the ratio.
+#   2. throughput per mix and thread count: strata vs Caffeine, 5 interleaved
+#      rounds (L1_ROUNDS), median per cell (Caffeine: a JIT warm-up of 3
+#      rounds before each timed one) and the ratio.
 # Traces come from ../shared/traces (or $STRATA_TRACES).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TRACES=${STRATA_TRACES:-$ROOT/../shared/traces}
 QUICK=0
 TP=1
+HR=1
 for a in "$@"; do
   case $a in
     --quick) QUICK=1 ;;
     --no-throughput) TP=0 ;;
-    *) echo "usage: bench/l1-compare.sh [--quick] [--no-throughput]" >&2; exit 64 ;;
+    --only-throughput) HR=0 ;;
+    *) echo "usage: bench/l1-compare.sh [--quick] [--no-throughput | --only-throughput]" >&2; exit 64 ;;
   esac
 done
 JAR=/usr/share/java/caffeine.jar
@@ -48,8 +51,9 @@ CASES=(
   "zipf0.99+scans|synth|zipf:0.99:100000:2000000:20|1000 10000"
 )
 [ $QUICK = 1 ] && CASES=("${CASES[0]}" "${CASES[2]}" "${CASES[3]}")
+[ $HR = 1 ] || CASES=()
 
-printf '%-15s %8s %9s %9s %9s %9s %9s %8s\n' trace size strata fixed1% lru opt caffeine "s-c(pt)"
+[ $HR = 1 ] && printf '%-15s %8s %9s %9s %9s %9s %9s %8s\n' trace size strata fixed1% lru opt caffeine "s-c(pt)"
 for c in "${CASES[@]}"; do
   IFS='|' read -r name fmt src sizes <<<"$c"
   jfmt=$fmt; jsrc=$src
@@ -67,19 +71,36 @@ for c in "${CASES[@]}"; do
   done
   unset caf
 done
-echo "published adaptive Caffeine (OLTP): 39.95 @1000, 46.07 @2000"
+[ $HR = 1 ] && echo "published adaptive Caffeine (OLTP): 39.95 @1000, 46.07 @2000"
 
 [ $TP = 1 ] || exit 0
 echo
-ROUNDS=5; OPS=4000000
-printf '%-8s %7s %14s %14s %7s\n' mix threads strata_ops/s caffeine_ops/s ratio
-sout=$("$STRATA_BIN" bench l1-throughput --threads 1,2 --rounds $ROUNDS --ops $OPS)
+# Interleaved rounds: each round runs strata (all mixes, 1 and 2 threads, one
+# timed round) and then Caffeine per cell (a fresh JVM: JIT warm-up of 3 rounds
+# of the same size, then one timed round); the table shows each cell's median
+# over the rounds.  The machine is shared: min/max are printed too.
+ROUNDS=${L1_ROUNDS:-5}; OPS=4000000
+declare -A S=() K=()
+for r in $(seq "$ROUNDS"); do
+  sout=$("$STRATA_BIN" bench l1-throughput --threads 1,2 --rounds 1 --ops $OPS)
+  for mix in read100 read90 read75; do
+    for t in 1 2; do
+      S[$mix.$t]+="$(grep "^strata_${mix}_${t}t=" <<<"$sout" | sed 's/.*=//') "
+      K[$mix.$t]+="$($JAVA throughput $t $mix 1000000 0.99 1 $OPS 10 3 | awk '{print $2}') "
+    done
+  done
+  [ "$r" = 1 ] && ovh=$(grep '^overhead_bytes_per_entry=' <<<"$sout")
+done
+med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+rng() { tr ' ' '\n' | grep . | sort -n | awk 'NR==1{lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo/1e6, hi/1e6}'; }
+printf '%-8s %7s %14s %14s %7s %13s %13s\n' mix threads strata_ops/s caffeine_ops/s ratio strata_M_rng caffeine_M_rng
 for mix in read100 read90 read75; do
   for t in 1 2; do
-    s=$(grep "^strata_${mix}_${t}t=" <<<"$sout" | sed 's/.*=//')
-    k=$($JAVA throughput $t $mix 1000000 0.99 $ROUNDS $OPS 10 | awk '{print $2}')
-    printf '%-8s %7s %14s %14s %7.2f\n' "$mix" "$t" "$s" "$k" "$(echo "$s / $k" | bc -l)"
+    s=$(med <<<"${S[$mix.$t]}"); k=$(med <<<"${K[$mix.$t]}")
+    printf '%-8s %7s %14s %14s %7.2f %13s %13s\n' "$mix" "$t" "$s" "$k" "$(echo "$s / $k" | bc -l)" \
+      "$(rng <<<"${S[$mix.$t]}")" "$(rng <<<"${K[$mix.$t]}")"
   done
 done
-grep '^overhead_bytes_per_entry=' <<<"$sout"
+echo "$ovh"
+echo "rounds=$ROUNDS (interleaved), ops per thread per round=$OPS, Zipf 0.99 over 1M keys, cache 100k"
 echo "strata read = copy-out strata_l1_get_copy into a 64-byte buffer; caffeine read = getIfPresent"

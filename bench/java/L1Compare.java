@@ -7,9 +7,10 @@
  *       "caffeine SIZE HITRATIO" per size.  The cache is driven exactly like
  *       the C replay: getIfPresent, and put on a miss; maintenance runs on the
  *       calling thread (executor Runnable::run) so the result is deterministic.
- *   java -cp caffeine.jar:. L1Compare throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT
+ *   java -cp caffeine.jar:. L1Compare throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP]
  *       MIX read100|read90|read75; prints "caffeine_MIX_Nt OPS_PER_SEC" (the
- *       median of ROUNDS rounds after a JIT warm-up of the same size).
+ *       median of ROUNDS rounds after a JIT warm-up of WARMUP rounds, default
+ *       ROUNDS; l1-compare.sh runs ROUNDS=1 WARMUP=3 once per interleaved round).
  *
  * Key streams: Zipf(s) over KEYS keys, ranks scattered by a 64-bit mix,
  * pre-generated per thread (4M keys) before timing, as in l1_throughput.c.
@@ -30,12 +31,12 @@ public final class L1Compare {
   public static void main(String[] args) throws Exception {
     if (args.length < 1) usage();
     if (args[0].equals("replay") && args.length >= 4) replay(args);
-    else if (args[0].equals("throughput") && args.length == 8) throughput(args);
+    else if (args[0].equals("throughput") && (args.length == 8 || args.length == 9)) throughput(args);
     else usage();
   }
 
   static void usage() {
-    System.err.println("usage: L1Compare replay FORMAT FILE SIZE... | throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT");
+    System.err.println("usage: L1Compare replay FORMAT FILE SIZE... | throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP]");
     System.exit(64);
   }
 
@@ -119,6 +120,7 @@ public final class L1Compare {
     int rounds = Integer.parseInt(args[5]);
     long ops = Long.parseLong(args[6]);
     int pct = Integer.parseInt(args[7]);
+    int warmup = args.length == 9 ? Integer.parseInt(args[8]) : rounds;
     int writePct = mix.equals("read100") ? 0 : mix.equals("read90") ? 10 : 25;
     final int STREAM = 1 << 22;
     Long[][] streams = new Long[threads][];
@@ -126,7 +128,7 @@ public final class L1Compare {
     Cache<Long, Long> cache = Caffeine.newBuilder().maximumSize((long) nkeys * pct / 100).build();
     for (Long k : streams[0]) if (cache.getIfPresent(k) == null) cache.put(k, k);
     double[] res = new double[rounds];
-    for (int r = -rounds; r < rounds; r++) { /* the first `rounds` rounds warm the JIT */
+    for (int r = -warmup; r < rounds; r++) { /* the first `warmup` rounds warm the JIT */
       CyclicBarrier bar = new CyclicBarrier(threads);
       double[] secs = new double[threads];
       ArrayList<Thread> ts = new ArrayList<>();

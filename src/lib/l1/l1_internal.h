@@ -40,8 +40,14 @@ struct strata_l1_entry {
     uint8_t queue; /* L1_Q_* (writer lock) */
     uint8_t flags; /* L1_F_* (immutable) */
     uint16_t spare;
-    unsigned char data[]; /* [l1_ttl] key value */
+    /* followed by [l1_ttl] key value: l1_entry_data().  Not a flexible array
+     * member, because l1_list embeds an entry as its sentinel (clang's
+     * -Wgnu-variable-sized-type-not-at-end). */
 };
+
+static inline unsigned char *l1_entry_data(const strata_l1_entry *e) {
+    return (unsigned char *)(uintptr_t)(e + 1);
+}
 
 typedef struct l1_ttl {
     struct l1_ttl *wprev, *wnext; /* timer wheel bucket ring (writer lock); NULL = not scheduled */
@@ -51,14 +57,16 @@ typedef struct l1_ttl {
     int32_t neg_status;           /* the cached error of a negative entry */
 } l1_ttl;
 
+_Static_assert(sizeof(strata_l1_entry) % _Alignof(l1_ttl) == 0, "l1_ttl follows the header");
+
 static inline l1_ttl *l1_entry_ttl(const strata_l1_entry *e) {
-    return (e->flags & L1_F_TTL) ? (l1_ttl *)(void *)e->data : NULL;
+    return (e->flags & L1_F_TTL) ? (l1_ttl *)(void *)l1_entry_data(e) : NULL;
 }
 static inline strata_l1_entry *l1_ttl_entry(l1_ttl *t) {
-    return (strata_l1_entry *)(void *)((char *)t - offsetof(strata_l1_entry, data));
+    return (strata_l1_entry *)(void *)((char *)t - sizeof(strata_l1_entry));
 }
 static inline unsigned char *l1_entry_keyp(const strata_l1_entry *e) {
-    return (unsigned char *)e->data + ((e->flags & L1_F_TTL) ? sizeof(l1_ttl) : 0);
+    return l1_entry_data(e) + ((e->flags & L1_F_TTL) ? sizeof(l1_ttl) : 0);
 }
 static inline unsigned char *l1_entry_valp(const strata_l1_entry *e) {
     return l1_entry_keyp(e) + e->klen;
@@ -111,12 +119,11 @@ typedef struct l1_stripe {
 typedef struct l1_sketch {
     uint64_t *table;    /* 16 four-bit counters per word */
     uint64_t *door;     /* doorkeeper bloom filter bits (NULL = off) */
-    uint32_t mask;      /* table words - 1 */
+    uint32_t words;     /* table words (= entries of capacity, at least 8) */
     uint32_t door_mask; /* doorkeeper bits - 1 */
     uint64_t size;      /* additions since the last reset */
     uint64_t sample;    /* reset (age) every `sample` additions */
     uint64_t resets;
-    bool blocked; /* counters in cache-line blocks (large sketches) */
 } l1_sketch;
 
 int l1__sketch_init(l1_sketch *s, uint64_t entries, int doorkeeper);
@@ -124,6 +131,8 @@ void l1__sketch_free(l1_sketch *s);
 void l1__sketch_increment(l1_sketch *s, uint32_t hash);
 int l1__sketch_frequency(const l1_sketch *s, uint32_t hash);
 void l1__sketch_reset(l1_sketch *s);
+/* Prefetches the four counter words of hash (the drain calls it a few entries ahead). */
+void l1__sketch_prefetch(const l1_sketch *s, uint32_t hash);
 
 /* ---- timer wheel (wheel.c) --------------------------------------------- */
 
@@ -183,7 +192,8 @@ struct strata_l1 {
     uint64_t window_size, protected_size, total_cost, entries;
     uint64_t window_max, protected_max;
     l1_sketch sketch;
-    int warm; /* the cache has been at least half full (climber on) */
+    int sketch_on; /* the cache was half full once: the sketch counts, reads reorder */
+    int warm;      /* the cache has been at least half full (climber on) */
     uint64_t hits_in_sample, misses_in_sample;
     double prev_hit_rate, step_size;
     int64_t adjustment;

@@ -8,16 +8,21 @@
  *
  *   - Count-min sketch.  Each key maps to one 4-bit counter in each of four
  *     rows; its estimate is the minimum of the four (over-counts only by
- *     collisions).  For sketches of 64 KiB and more, as in Caffeine 3, the
- *     four counters of a key live in one 64-byte block (row i in words
- *     2i..2i+1), so an increment or an estimate costs one cache miss instead
- *     of four (this tripled read throughput at 100k entries); smaller ones,
- *     which stay in cache, use Caffeine 2's layout (one word per row, chosen
- *     by a per-row hash), whose counters collide less: blocking cost 2.5
- *     points on the LIRS loop trace at 250 entries.  There
- *     are ceil_pow2(capacity) words (8 bytes per entry of capacity), 16
- *     counters per word.  Counters saturate at 15: admission only needs to
- *     compare "hot" with "hotter".
+ *     collisions).  The layout and arithmetic are Caffeine 2.6.2's
+ *     FrequencySketch (one word per row chosen by a per-row hash, the
+ *     counter group picked by two key bits), with one difference: the table
+ *     has `capacity` words (16 counters each), not ceil_pow2(capacity), and
+ *     a row index is the multiply-high of a 32-bit hash and the word count
+ *     (Lemire's reduction), so the sketch costs exactly 8 bytes per entry of
+ *     capacity (the overhead target, docs/notes/l1.md).  Caffeine 3's
+ *     cache-line-blocked layout (four counters in one 64-byte block) was
+ *     used before for large sketches; with everything else equal it cost
+ *     0.3-1.4 points on the ARC P3 trace at 25k and 100k-400k entries (a
+ *     key's four counters share one 128-counter block; it gained 0.5 at 50k),
+ *     so it is gone, and
+ *     the drain prefetches the four words of the entries it is about to
+ *     count instead (l1.c).  Counters saturate at 15: admission only needs
+ *     to compare "hot" with "hotter".
  *   - Doorkeeper.  A Bloom filter in front of the sketch: a key's first
  *     access in a sample only sets its doorkeeper bits; later ones reach the
  *     counters, and the estimate adds 1 if the key is in the doorkeeper.
@@ -40,9 +45,8 @@
 
 static const uint64_t SEED[4] = {0xc3a5c85c97cb3127ULL, 0xb492b66fbe98f273ULL,
                                  0x9ae16a3b2f90404fULL, 0xcbf29ce484222325ULL};
-#define BLOCKED_MIN_WORDS 8192 /* 64 KiB: smaller sketches sit in cache anyway */
-#define RESET_MASK        0x7777777777777777ULL
-#define ONE_MASK          0x1111111111111111ULL
+#define RESET_MASK 0x7777777777777777ULL
+#define ONE_MASK   0x1111111111111111ULL
 
 static uint64_t ceil_pow2(uint64_t x) {
     uint64_t p = 1;
@@ -57,15 +61,14 @@ int l1__sketch_init(l1_sketch *s, uint64_t entries, int doorkeeper) {
         entries = 8;
     if (entries > (1ULL << 30))
         entries = 1ULL << 30;
-    uint64_t words = ceil_pow2(entries);
+    uint64_t words = entries;
     s->table = strata_calloc(words, sizeof(uint64_t));
     if (!s->table)
         return STRATA_ENOMEM;
-    s->mask = (uint32_t)(words - 1);
-    s->blocked = words >= BLOCKED_MIN_WORDS;
+    s->words = (uint32_t)words;
     s->sample = 10 * entries;
     if (doorkeeper) {
-        uint64_t bits = words * 32; /* 4 bytes per entry of capacity, 3 probes */
+        uint64_t bits = ceil_pow2(entries) * 32; /* 4 bytes per entry of capacity, 3 probes */
         s->door = strata_calloc(bits / 64, sizeof(uint64_t));
         if (!s->door) {
             strata_free(s->table);
@@ -83,16 +86,13 @@ void l1__sketch_free(l1_sketch *s) {
     s->table = s->door = NULL;
 }
 
+/* Caffeine's spread(), after one multiply-add that decorrelates it from the
+ * table's own use of the hash (the low XXH3 bits also pick table slots). */
 static inline uint32_t spread(uint32_t x) {
+    x = x * 0x9E3779B1u + 0x7f4a7c15u;
     x = ((x >> 16) ^ x) * 0x45d9f3b;
     x = ((x >> 16) ^ x) * 0x45d9f3b;
     return (x >> 16) ^ x;
-}
-
-static inline uint32_t rehash(uint32_t x) {
-    x *= 0x31848bab;
-    x ^= x >> 14;
-    return x;
 }
 
 /* The doorkeeper: a Bloom filter with three probes. */
@@ -116,21 +116,23 @@ static inline bool door_test_set(l1_sketch *s, uint32_t h, bool set) {
     return in;
 }
 
-/* The block (8 words = one cache line) of a key, and its counter in row i:
- * row i uses words 2i and 2i+1 of the block; 8 bits of a second hash pick
- * the word (1 bit) and the counter in it (4 bits). */
+/* Row i of key hash h: the word (Caffeine's indexOf, reduced by multiply-high
+ * instead of a power-of-two mask) and the counter's bit offset in it. */
 static inline void locate(const l1_sketch *s, uint32_t h, int i, uint32_t *word, int *shift) {
-    if (!s->blocked) { /* Caffeine 2 layout: a word per row, 4-counter group by 2 key bits */
-        uint64_t x = SEED[i] * h;
-        x += x >> 32;
-        *word = (uint32_t)x & s->mask;
-        *shift = (int)(((h & 3) << 2) + (uint32_t)i) << 2;
-        return;
+    uint64_t x = SEED[i] * h;
+    x += x >> 32;
+    *word = (uint32_t)(((uint64_t)(uint32_t)x * s->words) >> 32);
+    *shift = (int)(((h & 3) << 2) + (uint32_t)i) << 2;
+}
+
+void l1__sketch_prefetch(const l1_sketch *s, uint32_t hash) {
+    uint32_t h = spread(hash);
+    for (int i = 0; i < 4; i++) {
+        uint32_t w;
+        int sh;
+        locate(s, h, i, &w, &sh);
+        __builtin_prefetch(&s->table[w], 1, 1);
     }
-    uint32_t block = (h & s->mask) & ~7u;
-    uint32_t ch = rehash(h) >> (i << 3);
-    *word = block + (ch & 1) + ((uint32_t)i << 1);
-    *shift = (int)((ch >> 1) & 15) << 2;
 }
 
 void l1__sketch_increment(l1_sketch *s, uint32_t hash) {
@@ -171,7 +173,7 @@ int l1__sketch_frequency(const l1_sketch *s, uint32_t hash) {
 
 void l1__sketch_reset(l1_sketch *s) {
     uint64_t odd = 0;
-    for (uint64_t i = 0; i <= s->mask; i++) {
+    for (uint64_t i = 0; i < s->words; i++) {
         odd += (uint64_t)__builtin_popcountll(s->table[i] & ONE_MASK);
         s->table[i] = (s->table[i] >> 1) & RESET_MASK;
     }

@@ -66,7 +66,7 @@ static l1_table *table_alloc(size_t n) {
 
 int l1__table_init(strata_l1 *c, uint64_t expected) {
     uint64_t per = expected / L1_NSEG + 1;
-    size_t n = (size_t)(per * 2) + 1;
+    size_t n = (size_t)(per * 15 / 8) + 1; /* ~53 % full at capacity (docs/notes/l1.md D2) */
     if (n < MIN_SLOTS)
         n = MIN_SLOTS;
     for (unsigned i = 0; i < L1_NSEG; i++) {

@@ -339,11 +339,73 @@ static void test_invalidation_races_load(void **state) {
     strata_l1_destroy(&c);
 }
 
+/* ---- the honest bound under concurrent sets ------------------------------- */
+
+typedef struct bound_arg {
+    strata_l1 *c;
+    unsigned seed;
+    _Atomic int *violations;
+} bound_arg;
+
+enum { BOUND_CAP = 400, BOUND_SETS = 20000 };
+
+static void *bound_setter(void *p) {
+    bound_arg *a = p;
+    uint32_t x = a->seed;
+    char k[24];
+    for (int i = 0; i < BOUND_SETS; i++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        snprintf(k, sizeof k, "b%u", x % 5000);
+        strata_l1_set_opts o = {.cost = 1 + x % 7};
+        uint64_t v = x;
+        if (strata_l1_set(a->c, k, strlen(k), &v, sizeof v, &o) != STRATA_OK)
+            atomic_fetch_add(a->violations, 1);
+        /* once this set has returned, the cost is within capacity (other
+         * threads' sets evict before they return too) */
+        if (strata_l1_cost(a->c) > BOUND_CAP)
+            atomic_fetch_add(a->violations, 1);
+        if ((i & 7) == 0) {
+            uint64_t got = 0;
+            (void)strata_l1_get_copy(a->c, k, strlen(k), &got, sizeof got, NULL);
+        }
+    }
+    return NULL;
+}
+
+/* Four threads set weighted entries into a small cache; after every set the
+ * total cost is checked against the capacity, and at the end the stats add
+ * up (entries and cost as the table holds them). */
+static void test_bound_under_concurrent_sets(void **state) {
+    (void)state;
+    strata_l1_config cfg;
+    strata_l1_config_init(&cfg);
+    cfg.capacity = BOUND_CAP;
+    strata_l1 *c;
+    assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
+    _Atomic int violations = 0;
+    pthread_t th[4];
+    bound_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (bound_arg){c, 2463534242u + 7919u * (unsigned)i, &violations};
+        assert_int_equal(pthread_create(&th[i], NULL, bound_setter, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&violations), 0);
+    strata_l1_stats st;
+    strata_l1_stats_get(c, &st);
+    assert_true(st.cost <= BOUND_CAP);
+    assert_true(st.cost >= BOUND_CAP / 2); /* it did fill up */
+    assert_true(st.evictions[STRATA_L1_CAUSE_SIZE] > 0);
+    strata_l1_destroy(&c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refs_survive_concurrent_eviction),
         cmocka_unit_test(test_singleflight_contention),
         cmocka_unit_test(test_invalidation_races_load),
+        cmocka_unit_test(test_bound_under_concurrent_sets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
