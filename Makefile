@@ -7,6 +7,8 @@
 #   make bench-redis      Strata's Redis client vs redis-benchmark         (GET and EVALSHA)
 #   make bench-l1         L1 hit ratio on the shared traces and throughput vs Caffeine 2.6.2
 #   make bench-flashsale  Lua order path vs the seed's segment-lock strategy (invariants checked)
+#   make bench-soldout    a sell-out burst (orders answered from the L1) vs nginx `return 200`
+#   make bench-redpacket  HTTP grabs vs redis-benchmark running the same EVALSHA
 SHELL := /bin/bash
 JOBS ?= $(shell nproc)
 BUILD_RELEASE := build/release
@@ -17,7 +19,7 @@ FUZZ_SECONDS ?= 600
 ARGS ?=
 
 .PHONY: run test deps build build-test format format-check fuzz clean \
-        bench-deps bench-http bench-redis bench-l1 bench-flashsale
+        bench-deps bench-http bench-redis bench-l1 bench-flashsale bench-soldout bench-redpacket
 
 deps:
 	@scripts/setup-deps
@@ -62,6 +64,12 @@ bench-l1: build bench-deps
 
 bench-flashsale: build bench-deps
 	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/flashsale-compare.sh --rounds 3 --stock 20000
+
+bench-soldout: build bench-deps
+	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/soldout-compare.sh --rounds 5 --duration 8 --workers $(JOBS)
+
+bench-redpacket: build bench-deps
+	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/redpacket-compare.sh --rounds 5 --count 10000
 
 clean:
 	rm -rf build

@@ -14,8 +14,9 @@
 # usage: bench/http-compare.sh [--rounds N] [--duration SEC] [--workers N]
 #                              [--conns "64 256"] [--threads N] [--server-cmd CMD]
 #                              [--path PATH] [--body JSON] [--setup CMD]
-#                              [--server-cmd-b CMD] [--setup-b CMD]
+#                              [--server-cmd-b CMD] [--setup-b CMD] [--wrk-script FILE]
 #   --path        the path wrk requests from both servers (default /healthz)
+#   --wrk-script  a wrk Lua script for both servers (e.g. POSTs with a body per request)
 #   --body        the body nginx returns (default {"status":"ok"}, /healthz's);
 #                 give Strata's exact answer for --path so both send the same bytes
 #   --setup       command run once both servers answer, before measuring ("{port}"
@@ -40,6 +41,7 @@ CONNS="64 256"
 THREADS=2
 SERVER_CMD=""
 URL_PATH=/healthz
+WRK_SCRIPT=""
 BODY='{"status":"ok"}'
 SETUP_CMD=""
 SERVER_CMD_B=""
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
     --threads) THREADS=$2; shift 2 ;;
     --server-cmd) SERVER_CMD=$2; shift 2 ;;
     --path) URL_PATH=$2; shift 2 ;;
+    --wrk-script) WRK_SCRIPT=$2; shift 2 ;;
     --body) BODY=$2; shift 2 ;;
     --setup) SETUP_CMD=$2; shift 2 ;;
     --server-cmd-b) SERVER_CMD_B=$2; shift 2 ;;
@@ -180,7 +183,8 @@ RESULTS="$TMP/results.txt"
 run_one() { # name pid port conns round
   local name=$1 pid=$2 port=$3 c=$4 r=$5 out before after reqs rps p99 cpu
   before=$(cpu_ticks "$pid")
-  out=$(wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "http://127.0.0.1:$port$URL_PATH")
+  out=$(wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} \
+        "http://127.0.0.1:$port$URL_PATH")
   after=$(cpu_ticks "$pid")
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec:/ {print $2}')
