@@ -127,6 +127,7 @@ struct tier_load {
     uint32_t backoff_ms;
     uv_timer_t timer;
     bool timer_on;
+    bool timer_init; /* the timer exists only once a lease wait or extension needs it */
     bool db_running;
     /* stale value kept for SWR / stale-if-error */
     bool has_stale;
@@ -292,8 +293,7 @@ static void answer_stale_or(tier_load *l, int status) {
 
 /* ---- load lifetime ------------------------------------------------------------------------- */
 
-static void load_free_cb(uv_handle_t *h) {
-    tier_load *l = h->data;
+static void load_free(tier_load *l) {
     strata_tier *t = l->t;
     strata_free(l->key);
     strata_free(l->hkey);
@@ -301,6 +301,18 @@ static void load_free_cb(uv_handle_t *h) {
     strata_buf_free(&l->dbval);
     strata_free(l);
     atomic_fetch_sub(&t->loads_inflight, 1);
+}
+
+static void load_free_cb(uv_handle_t *h) { load_free(h->data); }
+
+/* Starts the load's timer, creating it on first use (most loads, a Redis hit, never need it). */
+static void load_timer_start(tier_load *l, uv_timer_cb cb, uint64_t ms) {
+    if (!l->timer_init) {
+        uv_timer_init(l->t->loop, &l->timer);
+        l->timer.data = l;
+        l->timer_init = true;
+    }
+    uv_timer_start(&l->timer, cb, ms, 0);
 }
 
 /* Frees the load once nothing refers to it any more. */
@@ -312,6 +324,10 @@ static void load_maybe_free(tier_load *l) {
     if (l->waiting) {
         l->waiting = false;
         atomic_fetch_sub(&l->t->waiting, 1);
+    }
+    if (!l->timer_init) {
+        load_free(l); /* every caller returns right after */
+        return;
     }
     uv_timer_stop(&l->timer);
     uv_close((uv_handle_t *)&l->timer, load_free_cb);
@@ -441,7 +457,7 @@ static void get_done(void *ud, int status, const strata_redis_reply *r) {
     if (now + jd > l->deadline_ms)
         jd = l->deadline_ms - now;
     l->timer_on = true;
-    uv_timer_start(&l->timer, wait_timer_cb, jd, 0);
+    load_timer_start(l, wait_timer_cb, jd);
 }
 
 static void start_script(tier_load *l);
@@ -631,14 +647,15 @@ static void extend_timer_cb(uv_timer_t *h) {
     uint64_t period = t->cfg.lease_ms / 3 ? t->cfg.lease_ms / 3 : 1;
     if (!l->answered && l->deadline_ms > now && l->deadline_ms - now < period)
         period = l->deadline_ms - now;
-    uv_timer_start(&l->timer, extend_timer_cb, period, 0);
+    load_timer_start(l, extend_timer_cb, period);
 }
 
 static void db_done(int status, void *arg) {
     tier_load *l = arg;
     strata_tier *t = l->t;
     l->db_running = false;
-    uv_timer_stop(&l->timer);
+    if (l->timer_init)
+        uv_timer_stop(&l->timer);
     uint64_t now = strata_clock_now_ns(t->clock);
     bool failed = status < 0 && status != STRATA_ENOTFOUND;
     strata_breaker_record(t->breaker, now, now - l->db_t0_ns, failed);
@@ -704,7 +721,7 @@ static void start_db(tier_load *l) {
         period = l->deadline_ms - nowms;
     if (!l->answered && l->deadline_ms <= nowms)
         period = 1;
-    uv_timer_start(&l->timer, extend_timer_cb, period, 0);
+    load_timer_start(l, extend_timer_cb, period);
 }
 
 /* ---- starting a load -------------------------------------------------------------------- */
@@ -728,8 +745,6 @@ static tier_load *load_new(strata_tier *t, const void *hkey, size_t hklen) {
     l->t = t;
     snprintf(l->token, sizeof l->token, "%016llx", (unsigned long long)strata_rand64());
     l->deadline_ms = mono_ms(t) + t->cfg.deadline_ms;
-    uv_timer_init(t->loop, &l->timer);
-    l->timer.data = l;
     atomic_fetch_add(&t->loads_inflight, 1);
     return l;
 }
