@@ -75,12 +75,7 @@ struct strata_persister {
     strata_breaker *breaker;
     strata_clock *clock;
 
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pthread_t th;
-    bool started;
-    atomic_bool running;
-    bool kicked;
+    tier__worker w;              /* the persister thread; w.mu also guards what follows */
     uint64_t pass_no, idle_pass; /* drain: last pass that found nothing to do */
 
     wb_stream *streams; /* under mu for add; the thread reads it under mu */
@@ -182,12 +177,7 @@ int strata_persister_create(const strata_persister_config *cfg, strata_persister
     p->group = strata_strdup(cfg->group ? cfg->group : STRATA_WB_GROUP);
     p->registry = strata_strdup(cfg->registry ? cfg->registry : STRATA_WB_REGISTRY);
     p->breaker = strata_breaker_create("wb_persister", &cfg->breaker, cfg->metrics);
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    tier__worker_init(&p->w);
     if (!p->redis_url || !p->node_id || !p->group || !p->registry || !p->breaker ||
         tier__script(&p->dlq_move, "wb_dlq_move.lua") < 0) {
         strata_persister_destroy(&p);
@@ -228,9 +218,9 @@ int strata_persister_handle(strata_persister *p, const char *type, strata_wb_han
                             void *ctx) {
     if (!p || !fn || !name_ok(type, TYPE_MAX))
         return STRATA_EINVAL;
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->w.mu);
     int rc = STRATA_OK;
-    if (p->started) {
+    if (p->w.started) {
         rc = STRATA_EPERM;
     } else {
         int i;
@@ -247,7 +237,7 @@ int strata_persister_handle(strata_persister *p, const char *type, strata_wb_han
                 p->nhandlers++;
         }
     }
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->w.mu);
     return rc;
 }
 
@@ -290,9 +280,9 @@ static bool stream_name_ok(const char *s, size_t n) {
 int strata_persister_add_stream(strata_persister *p, const char *stream) {
     if (!p || !stream || !stream_name_ok(stream, strlen(stream)))
         return STRATA_EINVAL;
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->w.mu);
     int rc = do_add_stream(p, stream, strlen(stream));
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->w.mu);
     return rc == STRATA_EEXIST ? STRATA_OK : rc;
 }
 
@@ -586,13 +576,13 @@ static void discover(strata_persister *p, strata_redis_sync *rs) {
     strata_redis_reply *r = NULL;
     int rc = strata_redis_sync_command(rs, &r, "SMEMBERS %s", p->registry);
     if (rc == STRATA_OK && r && r->type == STRATA_REPLY_ARRAY) {
-        pthread_mutex_lock(&p->mu);
+        pthread_mutex_lock(&p->w.mu);
         for (size_t i = 0; i < r->elements; i++) {
             const strata_redis_reply *e = r->element[i];
             if (e->type == STRATA_REPLY_STRING && stream_name_ok(e->str, e->len))
                 do_add_stream(p, e->str, e->len);
         }
-        pthread_mutex_unlock(&p->mu);
+        pthread_mutex_unlock(&p->w.mu);
     }
     strata_redis_reply_free(r);
     for (size_t i = 0; i < p->nstreams; i++) {
@@ -710,13 +700,13 @@ static void *persister_main(void *arg) {
     strata_redis_options_init(&ro);
     ro.command_timeout_ms = 2000;
     if (strata_redis_sync_create(&rs, p->redis_url, &ro, NULL) != STRATA_OK) {
-        atomic_store(&p->running, false);
+        atomic_store(&p->w.running, false);
         return NULL;
     }
     uint64_t next_discover = 0, next_claim = 0, next_stats = 0;
     uint64_t next_trim = tier__mono_ms() + p->cfg.trim_every_ms;
     uint32_t idle_ms = 1;
-    while (atomic_load(&p->running)) {
+    while (atomic_load(&p->w.running)) {
         uint64_t now = tier__mono_ms();
         if (now >= next_discover) {
             discover(p, rs);
@@ -726,12 +716,12 @@ static void *persister_main(void *arg) {
             autoclaim(p, rs);
             next_claim = now + p->cfg.claim_every_ms;
         }
-        pthread_mutex_lock(&p->mu);
+        pthread_mutex_lock(&p->w.mu);
         uint64_t pass = ++p->pass_no;
         size_t ns = p->nstreams;
-        pthread_mutex_unlock(&p->mu);
+        pthread_mutex_unlock(&p->w.mu);
         bool idle = true, worked = false;
-        for (size_t i = 0; i < ns && atomic_load(&p->running); i++) {
+        for (size_t i = 0; i < ns && atomic_load(&p->w.running); i++) {
             wb_stream *s = &p->streams[i];
             if (!s->group_ok) {
                 idle = false;
@@ -767,44 +757,25 @@ static void *persister_main(void *arg) {
             trim_all(p, rs);
             next_trim = now + p->cfg.trim_every_ms;
         }
-        pthread_mutex_lock(&p->mu);
+        pthread_mutex_lock(&p->w.mu);
         if (idle)
             p->idle_pass = pass;
-        pthread_cond_broadcast(&p->cv);
-        if (!worked && atomic_load(&p->running) && !p->kicked) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_nsec += (long)idle_ms * 1000000L;
-            ts.tv_sec += ts.tv_nsec / 1000000000L;
-            ts.tv_nsec %= 1000000000L;
-            pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        pthread_cond_broadcast(&p->w.cv);
+        if (!worked && atomic_load(&p->w.running) && !p->w.kicked) {
+            tier__worker_wait(&p->w, idle_ms);
             idle_ms = idle_ms * 2 > p->cfg.idle_max_ms ? p->cfg.idle_max_ms : idle_ms * 2;
         } else {
             idle_ms = 1;
         }
-        p->kicked = false;
-        pthread_mutex_unlock(&p->mu);
+        p->w.kicked = false;
+        pthread_mutex_unlock(&p->w.mu);
     }
     strata_redis_sync_destroy(&rs);
     return NULL;
 }
 
 int strata_persister_start(strata_persister *p) {
-    if (!p)
-        return STRATA_EINVAL;
-    pthread_mutex_lock(&p->mu);
-    if (p->started) {
-        pthread_mutex_unlock(&p->mu);
-        return STRATA_EEXIST;
-    }
-    atomic_store(&p->running, true);
-    int e = pthread_create(&p->th, NULL, persister_main, p);
-    if (e == 0)
-        p->started = true;
-    else
-        atomic_store(&p->running, false);
-    pthread_mutex_unlock(&p->mu);
-    return e == 0 ? STRATA_OK : STRATA_ESYS;
+    return p ? tier__worker_start(&p->w, persister_main, p) : STRATA_EINVAL;
 }
 
 int strata_persister_drain(strata_persister *p, uint32_t timeout_ms) {
@@ -816,40 +787,32 @@ int strata_persister_drain(strata_persister *p, uint32_t timeout_ms) {
     dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
     dl.tv_sec += dl.tv_nsec / 1000000000L;
     dl.tv_nsec %= 1000000000L;
-    pthread_mutex_lock(&p->mu);
-    if (!p->started || !atomic_load(&p->running)) {
-        pthread_mutex_unlock(&p->mu);
+    pthread_mutex_lock(&p->w.mu);
+    if (!p->w.started || !atomic_load(&p->w.running)) {
+        pthread_mutex_unlock(&p->w.mu);
         return STRATA_ECLOSED;
     }
     uint64_t want = p->pass_no + 1;
-    p->kicked = true;
-    pthread_cond_broadcast(&p->cv);
+    p->w.kicked = true;
+    pthread_cond_broadcast(&p->w.cv);
     int rc = STRATA_OK;
     while (p->idle_pass < want) {
-        if (!atomic_load(&p->running)) {
+        if (!atomic_load(&p->w.running)) {
             rc = STRATA_ECLOSED;
             break;
         }
-        if (pthread_cond_timedwait(&p->cv, &p->mu, &dl) != 0 && p->idle_pass < want) {
+        if (pthread_cond_timedwait(&p->w.cv, &p->w.mu, &dl) != 0 && p->idle_pass < want) {
             rc = STRATA_ETIMEDOUT;
             break;
         }
     }
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->w.mu);
     return rc;
 }
 
 void strata_persister_stop(strata_persister *p) {
-    if (!p)
-        return;
-    pthread_mutex_lock(&p->mu);
-    bool join = p->started;
-    p->started = false;
-    atomic_store(&p->running, false);
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    if (join)
-        pthread_join(p->th, NULL);
+    if (p)
+        tier__worker_stop(&p->w);
 }
 
 void strata_persister_destroy(strata_persister **pp) {
@@ -870,8 +833,7 @@ void strata_persister_destroy(strata_persister **pp) {
     strata_free(p->node_id);
     strata_free(p->group);
     strata_free(p->registry);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv);
+    tier__worker_destroy(&p->w);
     strata_free(p);
     *pp = NULL;
 }
@@ -893,9 +855,9 @@ void strata_persister_get_stats(strata_persister *p, strata_persister_stats *o) 
     o->lag = atomic_load(&p->lag);
     o->pending = atomic_load(&p->pending);
     o->dlq = atomic_load(&p->dlq);
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->w.mu);
     o->streams = p->nstreams;
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->w.mu);
 }
 
 /* ---- registry and dead letters -------------------------------------------------------- */

@@ -34,12 +34,7 @@ struct strata_outbox_relay {
     strata_db *db;
     strata_bloom *bloom;   /* for positions only */
     strata_redis_sync *rs; /* the relay thread's, or the run_once caller's */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pthread_t th;
-    bool started;
-    atomic_bool running;
-    bool kicked;
+    tier__worker w;        /* the relay thread */
     atomic_uint_fast64_t relayed, failures;
     strata_counter *m_relayed, *m_failures;
 };
@@ -75,12 +70,7 @@ int strata_relay_create(const strata_relay_config *cfg, strata_outbox_relay **ou
     r->redis_url = strata_strdup(cfg->redis_url);
     r->node_id = strata_strdup(cfg->node_id);
     r->bloom = strata_bloom_create(cfg->bloom_expected, cfg->bloom_fp);
-    pthread_mutex_init(&r->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    tier__worker_init(&r->w);
     if (!r->redis_url || !r->node_id || !r->bloom || !tier__lib_script(TIER_SCRIPT_INVALIDATE)) {
         strata_relay_destroy(&r);
         return STRATA_ENOMEM;
@@ -194,9 +184,9 @@ static int relay_round(strata_outbox_relay *r, strata_redis_sync *rs) {
 int strata_relay_run_once(strata_outbox_relay *r) {
     if (!r)
         return STRATA_EINVAL;
-    pthread_mutex_lock(&r->mu);
-    bool started = r->started;
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_lock(&r->w.mu);
+    bool started = r->w.started;
+    pthread_mutex_unlock(&r->w.mu);
     if (started)
         return STRATA_EPERM;
     if (!r->rs) {
@@ -211,54 +201,30 @@ static void *relay_main(void *arg) {
     strata_outbox_relay *r = arg;
     strata_redis_sync *rs = NULL;
     if (strata_redis_sync_create(&rs, r->redis_url, NULL, NULL) != STRATA_OK) {
-        atomic_store(&r->running, false);
+        atomic_store(&r->w.running, false);
         return NULL;
     }
-    while (atomic_load(&r->running)) {
+    while (atomic_load(&r->w.running)) {
         int n = relay_round(r, rs);
-        pthread_mutex_lock(&r->mu);
-        pthread_cond_broadcast(&r->cv); /* drain waiters re-check */
-        if (n <= 0 && !r->kicked && atomic_load(&r->running)) {
-            uint32_t ms = n < 0 ? r->cfg.poll_ms * 4 : r->cfg.poll_ms;
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_nsec += (long)ms * 1000000L;
-            ts.tv_sec += ts.tv_nsec / 1000000000L;
-            ts.tv_nsec %= 1000000000L;
-            pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+        pthread_mutex_lock(&r->w.mu);
+        pthread_cond_broadcast(&r->w.cv); /* drain waiters re-check */
+        if (n <= 0 && !r->w.kicked && atomic_load(&r->w.running)) {
+            tier__worker_wait(&r->w, n < 0 ? r->cfg.poll_ms * 4 : r->cfg.poll_ms);
         }
-        r->kicked = false;
-        pthread_mutex_unlock(&r->mu);
+        r->w.kicked = false;
+        pthread_mutex_unlock(&r->w.mu);
     }
     strata_redis_sync_destroy(&rs);
     return NULL;
 }
 
 int strata_relay_start(strata_outbox_relay *r) {
-    if (!r)
-        return STRATA_EINVAL;
-    pthread_mutex_lock(&r->mu);
-    if (r->started) {
-        pthread_mutex_unlock(&r->mu);
-        return STRATA_EEXIST;
-    }
-    atomic_store(&r->running, true);
-    int e = pthread_create(&r->th, NULL, relay_main, r);
-    if (e == 0)
-        r->started = true;
-    else
-        atomic_store(&r->running, false);
-    pthread_mutex_unlock(&r->mu);
-    return e == 0 ? STRATA_OK : STRATA_ESYS;
+    return r ? tier__worker_start(&r->w, relay_main, r) : STRATA_EINVAL;
 }
 
 void strata_relay_kick(strata_outbox_relay *r) {
-    if (!r)
-        return;
-    pthread_mutex_lock(&r->mu);
-    r->kicked = true;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
+    if (r)
+        tier__worker_kick(&r->w);
 }
 
 int strata_relay_drain(strata_outbox_relay *r, uint32_t timeout_ms) {
@@ -272,35 +238,22 @@ int strata_relay_drain(strata_outbox_relay *r, uint32_t timeout_ms) {
         if (tier__mono_ms() >= end)
             return STRATA_ETIMEDOUT;
         strata_relay_kick(r);
-        pthread_mutex_lock(&r->mu);
-        if (!r->started) {
-            pthread_mutex_unlock(&r->mu);
+        pthread_mutex_lock(&r->w.mu);
+        if (!r->w.started) {
+            pthread_mutex_unlock(&r->w.mu);
             int rc = strata_relay_run_once(r);
             if (rc < 0)
                 return rc;
             continue;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 5 * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
-        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-        pthread_mutex_unlock(&r->mu);
+        tier__worker_wait(&r->w, 5);
+        pthread_mutex_unlock(&r->w.mu);
     }
 }
 
 void strata_relay_stop(strata_outbox_relay *r) {
-    if (!r)
-        return;
-    pthread_mutex_lock(&r->mu);
-    bool join = r->started;
-    r->started = false;
-    atomic_store(&r->running, false);
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    if (join)
-        pthread_join(r->th, NULL);
+    if (r)
+        tier__worker_stop(&r->w);
 }
 
 void strata_relay_destroy(strata_outbox_relay **rp) {
@@ -312,8 +265,7 @@ void strata_relay_destroy(strata_outbox_relay **rp) {
     strata_bloom_destroy(&r->bloom);
     strata_free(r->redis_url);
     strata_free(r->node_id);
-    pthread_mutex_destroy(&r->mu);
-    pthread_cond_destroy(&r->cv);
+    tier__worker_destroy(&r->w);
     strata_free(r);
     *rp = NULL;
 }

@@ -4,6 +4,9 @@
 #ifndef STRATA_TIER_INTERNAL_H
 #define STRATA_TIER_INTERNAL_H
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "strata/embedded.h"
@@ -35,5 +38,30 @@ enum {
 };
 /** The script, loaded once; NULL if an embedded script is missing. */
 const strata_redis_script *tier__lib_script(int which);
+
+/*
+ * A background thread woken by a kick or a timeout: the relay's and the
+ * persister's shared lifecycle.  `mu` also guards the owner's own shared
+ * state; `cv` uses CLOCK_MONOTONIC.
+ */
+typedef struct tier__worker {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t th;
+    bool started; /* under mu */
+    bool kicked;  /* under mu */
+    atomic_bool running;
+} tier__worker;
+
+void tier__worker_init(tier__worker *w);
+void tier__worker_destroy(tier__worker *w);
+/** Starts fn(arg) on its thread; STRATA_EEXIST if started, STRATA_ESYS if it cannot. */
+int tier__worker_start(tier__worker *w, void *(*fn)(void *), void *arg);
+/** Wakes the thread (sets kicked). */
+void tier__worker_kick(tier__worker *w);
+/** Clears running, wakes and joins the thread (no-op when not started). */
+void tier__worker_stop(tier__worker *w);
+/** Waits on cv for up to ms (caller holds mu). */
+void tier__worker_wait(tier__worker *w, uint32_t ms);
 
 #endif

@@ -157,3 +157,65 @@ int strata_ratelimit_gcra(strata_redis *r, const char *key, int64_t rate, int64_
         strata_free(c);
     return rc;
 }
+
+/* ---- background worker (relay, persister) -------------------------------------------- */
+
+void tier__worker_init(tier__worker *w) {
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->started = w->kicked = false;
+    atomic_init(&w->running, false);
+}
+
+void tier__worker_destroy(tier__worker *w) {
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+}
+
+int tier__worker_start(tier__worker *w, void *(*fn)(void *), void *arg) {
+    pthread_mutex_lock(&w->mu);
+    if (w->started) {
+        pthread_mutex_unlock(&w->mu);
+        return STRATA_EEXIST;
+    }
+    atomic_store(&w->running, true);
+    int e = pthread_create(&w->th, NULL, fn, arg);
+    if (e == 0)
+        w->started = true;
+    else
+        atomic_store(&w->running, false);
+    pthread_mutex_unlock(&w->mu);
+    return e == 0 ? STRATA_OK : STRATA_ESYS;
+}
+
+void tier__worker_kick(tier__worker *w) {
+    pthread_mutex_lock(&w->mu);
+    w->kicked = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void tier__worker_stop(tier__worker *w) {
+    pthread_mutex_lock(&w->mu);
+    bool join = w->started;
+    w->started = false;
+    atomic_store(&w->running, false);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (join)
+        pthread_join(w->th, NULL);
+}
+
+void tier__worker_wait(tier__worker *w, uint32_t ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+}
