@@ -1027,21 +1027,12 @@ static void respond_sale_created(create_ctx *cc) {
                               cc->sc->cfg.flashsale_segment_lock ? "segment-lock" : "lua");
 }
 
-static void on_segments(void *ud, int status, const strata_redis_reply *r) {
+/* The last Redis step of a creation (baseline segments, sharded registration): answer 201. */
+static void on_created_last_step(void *ud, int status, const strata_redis_reply *r) {
     create_ctx *cc = ud;
     (void)r;
     if (status != STRATA_OK) {
-        create_fail(cc, status, "create segments");
-        return;
-    }
-    respond_sale_created(cc);
-}
-
-static void on_sharded_registered(void *ud, int status, const strata_redis_reply *r) {
-    create_ctx *cc = ud;
-    (void)r;
-    if (status != STRATA_OK) {
-        create_fail(cc, status, "register the sharded sale");
+        create_fail(cc, status, "finish creating the sale");
         return;
     }
     respond_sale_created(cc);
@@ -1069,7 +1060,7 @@ static void on_redis_create(void *ud, int status, const strata_redis_reply *r) {
         const char *argv[3] = {"SADD", SHARDED_SALES, member};
         size_t al[3] = {4, strlen(SHARDED_SALES), (size_t)ml};
         int rc =
-            strata_redis_command_argv(cc->w->redis, &call, on_sharded_registered, cc, 3, argv, al);
+            strata_redis_command_argv(cc->w->redis, &call, on_created_last_step, cc, 3, argv, al);
         if (rc != STRATA_OK)
             create_fail(cc, rc, "register the sharded sale");
         return;
@@ -1089,8 +1080,8 @@ static void on_redis_create(void *ud, int status, const strata_redis_reply *r) {
     snprintf(stock, sizeof stock, "%lld", (long long)cc->stock);
     const char *av[1] = {stock};
     size_t al[1] = {strlen(stock)};
-    int rc = strata_redis_evalsha(cc->w->redis, &call, &s_seg_create, on_segments, cc, NSEGMENTS,
-                                  keys, kl, 1, av, al);
+    int rc = strata_redis_evalsha(cc->w->redis, &call, &s_seg_create, on_created_last_step, cc,
+                                  NSEGMENTS, keys, kl, 1, av, al);
     if (rc != STRATA_OK)
         create_fail(cc, rc, "create segments");
 }
