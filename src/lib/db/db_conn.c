@@ -245,10 +245,26 @@ int db__connect(strata_db_conn *c, strata_buf *err) {
         sqlite3_busy_timeout(c->lite, db->cfg.busy_timeout_ms);
         /* WAL: readers never block the writer; synchronous=FULL: a commit is
          * on disk (WAL fsynced) before it returns: see docs/notes/db.md. */
-        rc = strata_db_exec(c,
-                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
-                            "PRAGMA foreign_keys=ON",
-                            err);
+        /* Switching a brand-new file to WAL takes an exclusive lock, and SQLite may answer
+         * SQLITE_BUSY at once, without its busy handler, when another connection opens the same
+         * new file at that moment (lock-upgrade deadlock avoidance): retry within the timeout. */
+        uint64_t until = (mono_ns() / 1000000u) + (uint64_t)db->cfg.busy_timeout_ms;
+        for (;;) {
+            strata_buf tmp = STRATA_BUF_INIT;
+            rc = strata_db_exec(c,
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
+                                "PRAGMA foreign_keys=ON",
+                                &tmp);
+            if (rc != STRATA_ETIMEDOUT || (mono_ns() / 1000000u) >= until) {
+                if (rc != STRATA_OK && err && tmp.data)
+                    strata_buf_puts(err, tmp.data);
+                strata_buf_free(&tmp);
+                break;
+            }
+            strata_buf_free(&tmp);
+            struct timespec d = {0, 10 * 1000 * 1000};
+            nanosleep(&d, NULL);
+        }
         if (rc != STRATA_OK) {
             disconnect(c);
             return rc;
