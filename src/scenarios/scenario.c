@@ -378,7 +378,11 @@ void scn_respond_failure(strata_http_req *req, int status, const char *what) {
     case STRATA_ETIMEDOUT:
         strata_http_respond_error(req, 504, "timeout", "%s: %s", what, strata_strerror(status));
         return;
-    default: strata_http_respond_status(req, status, what);
+    default:
+        /* Whatever else maps to 503 (EIO, ECANCELED, ENOMEM...) is also worth a retry. */
+        if (strata_status_http(status) == 503)
+            strata_http_add_header(req, "Retry-After", "1");
+        strata_http_respond_status(req, status, what);
     }
 }
 
