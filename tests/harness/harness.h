@@ -99,6 +99,13 @@ int sh_redis_resume(sh_redis *r);
  */
 char *sh_redis_cmd(uint16_t port, const char *fmt, ...);
 
+/**
+ * SET key val, then WAIT nrep 5000, on ONE connection (WAIT covers only the
+ * writes of the connection that sends it).  Returns how many replicas
+ * acknowledged, or -1 if the SET failed or the server is unreachable.
+ */
+int sh_redis_set_wait(uint16_t port, const char *key, const char *val, int nrep);
+
 /* ---- Sentinel: 1 master + 2 replicas + 3 sentinels --------------------- */
 
 typedef struct sh_sentinel_set sh_sentinel_set;

@@ -437,20 +437,24 @@ int sh_cluster_flush(sh_cluster *c) {
             freeReplyObject(role);
         if (!master)
             continue;
-        /* SYNC flush, then WAIT so replicas have flushed too before the next test reads them. */
-        redisReply *r = sh__redis_rcmd(c->nodes[i].port, 5000, "FLUSHALL SYNC");
-        if (!r || r->type == REDIS_REPLY_ERROR)
+        /* SYNC flush, then WAIT on the same connection (WAIT covers only that connection's
+         * writes) so replicas have flushed too before the next test reads them. */
+        char *info = sh__redis_info(c->nodes[i].port, "replication");
+        char nrep[16] = "0";
+        if (!info || !sh__info_field(info, "connected_slaves", nrep, sizeof nrep))
+            snprintf(nrep, sizeof nrep, "0");
+        free(info);
+        redisContext *rc_conn = redisConnect("127.0.0.1", c->nodes[i].port);
+        redisReply *r = rc_conn && !rc_conn->err ? redisCommand(rc_conn, "FLUSHALL SYNC") : NULL;
+        bool flushed = r && r->type != REDIS_REPLY_ERROR;
+        if (!flushed)
             rc = STRATA_EIO;
         if (r)
             freeReplyObject(r);
-        char *info = sh__redis_info(c->nodes[i].port, "replication");
-        char nrep[16] = "0";
-        if (info && sh__info_field(info, "connected_slaves", nrep, sizeof nrep) && atoi(nrep) > 0) {
-            r = sh__redis_rcmd(c->nodes[i].port, 5000, "WAIT %d 2000", atoi(nrep));
-            if (r)
-                freeReplyObject(r);
-        }
-        free(info);
+        if (flushed && atoi(nrep) > 0 && (r = redisCommand(rc_conn, "WAIT %d 2000", atoi(nrep))))
+            freeReplyObject(r);
+        if (rc_conn)
+            redisFree(rc_conn);
     }
     return rc;
 }

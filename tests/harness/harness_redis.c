@@ -292,3 +292,24 @@ int sh_redis_pause(sh_redis *r) {
 int sh_redis_resume(sh_redis *r) {
     return r ? sh__child_signal(&r->node.ch, SIGCONT) : STRATA_EINVAL;
 }
+
+int sh_redis_set_wait(uint16_t port, const char *key, const char *val, int nrep) {
+    redisContext *c = redisConnect("127.0.0.1", port);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return -1;
+    }
+    int acked = -1;
+    redisReply *r = redisCommand(c, "SET %s %s", key, val);
+    if (r && r->type == REDIS_REPLY_STATUS) {
+        freeReplyObject(r);
+        r = redisCommand(c, "WAIT %d 5000", nrep);
+        if (r && r->type == REDIS_REPLY_INTEGER)
+            acked = (int)r->integer;
+    }
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return acked;
+}

@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <hiredis/hiredis.h>
 
 #include "harness/harness.h"
 
@@ -141,30 +140,6 @@ static bool follows(void *vctx) {
     return ok;
 }
 
-/* SET then WAIT on ONE connection: WAIT only covers the writes of the connection that
- * sends it (a fresh connection per command would return at once). Returns the replicas
- * that acknowledged, or -1. */
-static int set_and_wait(uint16_t port, const char *key, const char *val, int nrep) {
-    redisContext *c = redisConnect("127.0.0.1", port);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return -1;
-    }
-    int acked = -1;
-    redisReply *r = redisCommand(c, "SET %s %s", key, val);
-    if (r && r->type == REDIS_REPLY_STATUS) {
-        freeReplyObject(r);
-        r = redisCommand(c, "WAIT %d 5000", nrep);
-        if (r && r->type == REDIS_REPLY_INTEGER)
-            acked = (int)r->integer;
-    }
-    if (r)
-        freeReplyObject(r);
-    redisFree(c);
-    return acked;
-}
-
 static void test_master_kill_replica_takes_over(void **state) {
     (void)state;
     const char *key = "failover-key";
@@ -183,7 +158,7 @@ static void test_master_kill_replica_takes_over(void **state) {
     int nrep = atoi(cs + strlen("connected_slaves:"));
     free(info);
     assert_true(nrep >= 1);
-    assert_int_equal(set_and_wait(mp, key, "before", nrep), nrep);
+    assert_int_equal(sh_redis_set_wait(mp, key, "before", nrep), nrep);
 
     assert_int_equal(sh_cluster_kill_node(g_c, m), 0);
     assert_int_equal(sh_cluster_kill_node(g_c, m), STRATA_ENOTFOUND);

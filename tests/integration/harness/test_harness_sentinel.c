@@ -15,33 +15,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <hiredis/hiredis.h>
 
 #include "harness/harness.h"
-
-/* SET then WAIT on ONE connection: WAIT only covers the writes of the connection that
- * sends it (a fresh connection per command would return at once). Returns the replicas
- * that acknowledged, or -1. */
-static int set_and_wait(uint16_t port, const char *key, const char *val, int nrep) {
-    redisContext *c = redisConnect("127.0.0.1", port);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return -1;
-    }
-    int acked = -1;
-    redisReply *r = redisCommand(c, "SET %s %s", key, val);
-    if (r && r->type == REDIS_REPLY_STATUS) {
-        freeReplyObject(r);
-        r = redisCommand(c, "WAIT %d 5000", nrep);
-        if (r && r->type == REDIS_REPLY_INTEGER)
-            acked = (int)r->integer;
-    }
-    if (r)
-        freeReplyObject(r);
-    redisFree(c);
-    return acked;
-}
 
 static sh_sentinel_set *g_set;
 
@@ -109,7 +84,7 @@ static void test_topology(void **state) {
     }
     for (int i = 0; i < 3; i++)
         assert_true(has_role(sh_sentinel_sentinel_port(g_set, i), "sentinel"));
-    assert_int_equal(set_and_wait(m, "before-failover", "1", 2), 2);
+    assert_int_equal(sh_redis_set_wait(m, "before-failover", "1", 2), 2);
     assert_int_equal(sh_sentinel_node_port(g_set, 3), 0);
     assert_int_equal(sh_sentinel_kill_node(g_set, 7), STRATA_EINVAL);
 }
@@ -119,7 +94,7 @@ static void test_master_kill_promotes_replica(void **state) {
     int old_idx = sh_sentinel_master_index(g_set);
     assert_true(old_idx >= 0);
     uint16_t old = sh_sentinel_node_port(g_set, old_idx);
-    assert_int_equal(set_and_wait(old, "k-kill", "v", 2), 2);
+    assert_int_equal(sh_redis_set_wait(old, "k-kill", "v", 2), 2);
 
     assert_int_equal(sh_sentinel_kill_node(g_set, old_idx), 0);
     uint64_t t0 = sh_now_ms();
