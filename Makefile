@@ -14,7 +14,9 @@ JOBS ?= $(shell nproc)
 BUILD_RELEASE := build/release
 BUILD_TEST := build/test
 BUILD_FUZZ := build/fuzz
-CMAKE_GEN := $(shell command -v ninja >/dev/null 2>&1 && echo "-G Ninja")
+# Ninja when installed, but never for a build directory already configured with another
+# generator (CMake refuses to switch; a tree first built without ninja keeps Makefiles).
+CMAKE_GEN = $(if $(wildcard $(1)/CMakeCache.txt),,$(shell command -v ninja >/dev/null 2>&1 && echo "-G Ninja"))
 FUZZ_SECONDS ?= 600
 ARGS ?=
 
@@ -25,14 +27,14 @@ deps:
 	@scripts/setup-deps
 
 build: deps
-	@cmake -S . -B $(BUILD_RELEASE) $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake -S . -B $(BUILD_RELEASE) $(call CMAKE_GEN,$(BUILD_RELEASE)) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build $(BUILD_RELEASE) -j$(JOBS) --target strata
 
 run: build
 	exec $(BUILD_RELEASE)/strata serve $(ARGS)
 
 build-test: deps
-	@cmake -S . -B $(BUILD_TEST) $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Test >/dev/null
+	@cmake -S . -B $(BUILD_TEST) $(call CMAKE_GEN,$(BUILD_TEST)) -DCMAKE_BUILD_TYPE=Test >/dev/null
 	@cmake --build $(BUILD_TEST) -j$(JOBS)
 
 test: build-test format-check
