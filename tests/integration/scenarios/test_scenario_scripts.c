@@ -97,6 +97,8 @@ static int teardown(void **state) {
     return 0;
 }
 
+static long long rint_cmd(redisContext *c, const char *fmt, const char *sku, int shard);
+
 #define FS_KEYS(sku)                                                                            \
     {                                                                                           \
         "fs:{" sku "}:stock", "fs:{" sku "}:buyers", "fs:{" sku "}:seq", "fs:{" sku "}:events", \
@@ -188,14 +190,19 @@ static void flashsale_repeat_returns_the_same_order(void **state) {
     const char *cargs[] = {"1", "0", "0", "1"};
     freeReplyObject(eval(c, create, 3, ckeys, 4, cargs));
     const char *keys[] = FS_KEYS("rep");
-    const char *args[] = {"rep", "alice", "0", "0", "0", "rep-", ""};
-    redisReply *r1 = eval(c, order, 9, keys, 7, args);
+    /* alice's three Bloom bits (positions computed by the server) ride along */
+    const char *args[] = {"rep", "alice", "0", "0", "0", "rep-", "", "5", "77", "40000"};
+    redisReply *r1 = eval(c, order, 9, keys, 10, args);
     assert_string_equal(tag(r1), "ok");
     assert_string_equal(r1->element[1]->str, "rep-1");
     assert_int_equal(r1->element[2]->integer, 0);
+    assert_int_equal(rint_cmd(c, "GETBIT fs:{%s}:buyerbits 5", "rep", 0), 1);
+    assert_int_equal(rint_cmd(c, "GETBIT fs:{%s}:buyerbits 77", "rep", 0), 1);
+    assert_int_equal(rint_cmd(c, "GETBIT fs:{%s}:buyerbits 40000", "rep", 0), 1);
+    assert_int_equal(rint_cmd(c, "BITCOUNT fs:{%s}:buyerbits", "rep", 0), 3);
     /* the same request retried after an unknown outcome (its token key): 'ok' again, the
      * answer the lost reply carried, even though the sale sold out since */
-    redisReply *r2 = eval(c, order, 9, keys, 7, args);
+    redisReply *r2 = eval(c, order, 9, keys, 10, args);
     assert_string_equal(tag(r2), "ok");
     assert_string_equal(r2->element[1]->str, "rep-1");
     assert_int_equal(r2->element[2]->integer, 0);
@@ -203,7 +210,7 @@ static void flashsale_repeat_returns_the_same_order(void **state) {
     /* another request of alice's: the same order, as already bought */
     const char *keys2[] = {keys[0], keys[1], keys[2], keys[3],          keys[4],
                            keys[5], keys[6], keys[7], "fs:{rep}:req:t2"};
-    r2 = eval(c, order, 9, keys2, 7, args);
+    r2 = eval(c, order, 9, keys2, 10, args);
     assert_string_equal(tag(r2), "already");
     assert_string_equal(r2->element[1]->str, "rep-1");
     const char *bob[] = {"rep", "bob", "0", "0", "0", "rep-", ""};
