@@ -245,6 +245,12 @@ typedef struct lg_fs_seen {
     size_t n;
     bool complete;     /* every request of the run got a definite answer */
     bool saw_sold_out; /* some client got 409 sold_out */
+    /* Stock shards the run created the sale with (0: unknown, --no-create; the checks
+     * follow the sale's meta either way). */
+    int64_t shards;
+    /* Distinct users who asked, when every request was answered 201, 409 sold_out or
+     * 409 already_purchased (then orders == min(stock, asked)); 0: unknown. */
+    int64_t asked;
 } lg_fs_seen;
 
 /** What the clients saw for one red packet. */

@@ -26,6 +26,7 @@
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <sqlite3.h>
+#include <xxhash.h>
 
 #include "loadgen.h"
 #include "strata/alloc.h"
@@ -453,17 +454,107 @@ static void key(char *out, size_t cap, const char *prefix, const char *id, const
 }
 
 /* ---- flash sale ---------------------------------------------------------------------- */
+/*
+ * A sale created with "shards": K > 1 has no fs:{SKU}:stock and no fs:{SKU}:buyers:
+ * shard i's keys carry the tag {SKU#i} (docs/notes/scenarios.md, "Stock shards"), its
+ * stock starts at stock/K (the first stock%K shards one more), its `orders` hash holds
+ * the units it sold (order ids "SKU-<i>.<n>"), its `buyers` hash the records of the users
+ * whose home is i (XXH3(user) % K), its `taken` hash the units taken by users homed
+ * elsewhere, its `pending` zset the reservations not yet settled.  The checker reads K
+ * from the sale's meta, so --no-create runs are checked as created.
+ */
+
+#define FS_MAX_SHARDS 64
+
+/* The sale's meta: stock_total, shards (1 when absent: created before sharding), limit. */
+typedef struct fs_meta {
+    bool have_total;
+    int64_t total, shards, limit;
+} fs_meta;
+
+static void fs_read_meta(lg_verify *v, const char *sku, fs_meta *m) {
+    char k[160];
+    bool ok;
+    key(k, sizeof k, "fs", sku, "meta");
+    m->total = hget_int(v, k, "stock_total", &m->have_total);
+    m->shards = hget_int(v, k, "shards", &ok);
+    if (!ok)
+        m->shards = 1;
+    m->limit = hget_int(v, k, "per_user_limit", &ok);
+    if (!ok || m->limit < 1)
+        m->limit = 1;
+}
+
+/* "fs:{SKU#i}:<suffix>" */
+static void shard_key(char *out, size_t cap, const char *sku, int64_t i, const char *suffix) {
+    snprintf(out, cap, "fs:{%s#%lld}:%s", sku, (long long)i, suffix);
+}
+
+static int64_t shard_share(int64_t total, int64_t k, int64_t i) {
+    return total / k + (i < total % k ? 1 : 0);
+}
+
+static int64_t home_of(const char *user, int64_t k) {
+    return (int64_t)(XXH3_64bits(user, strlen(user)) % (uint64_t)k);
+}
+
+/* The shard an order id "SKU-<i>.<n>" names; -1 if it names none. */
+static int64_t order_shard(const char *sku, const char *id) {
+    size_t n = strlen(sku);
+    if (strncmp(id, sku, n) != 0 || id[n] != '-')
+        return -1;
+    char *end;
+    long long i = strtoll(id + n + 1, &end, 10);
+    if (end == id + n + 1 || *end != '.' || i < 0)
+        return -1;
+    const char *d = end + 1;
+    if (!*d)
+        return -1;
+    for (; *d; d++)
+        if (*d < '0' || *d > '9')
+            return -1;
+    return i;
+}
+
+/* Sum over the K shards of a command's integer reply on `suffix` (HLEN, ZCARD); -1 on error. */
+static int64_t shards_sum(lg_verify *v, const char *sku, int64_t shards, const char *cmd,
+                          const char *suffix) {
+    int64_t sum = 0;
+    for (int64_t i = 0; i < shards; i++) {
+        char k[200];
+        shard_key(k, sizeof k, sku, i, suffix);
+        redisReply *r = vcmd2(v, cmd, k);
+        int64_t x = 0;
+        bool ok = reply_int(r, &x);
+        if (r)
+            freeReplyObject(r);
+        if (!ok)
+            return -1;
+        sum += x;
+    }
+    return sum;
+}
 
 static bool fs_drained(lg_verify *v, const lg_fs_seen *s) {
     char k[160];
-    key(k, sizeof k, "fs", s->sku, "buyers");
-    redisReply *r = vcmd2(v, "HLEN", k);
+    fs_meta m;
+    fs_read_meta(v, s->sku, &m);
     int64_t hlen = 0;
-    bool ok = reply_int(r, &hlen);
-    if (r)
-        freeReplyObject(r);
-    if (!ok)
-        return false;
+    if (m.shards > 1 && m.shards <= FS_MAX_SHARDS) {
+        /* Every unit sold is in its shard's `orders`; reservations still pending are
+         * finished by their user's next request or by the servers' sweeper. */
+        hlen = shards_sum(v, s->sku, m.shards, "HLEN", "orders");
+        if (hlen < 0 || shards_sum(v, s->sku, m.shards, "ZCARD", "pending") != 0)
+            return false;
+    } else {
+        key(k, sizeof k, "fs", s->sku, "buyers");
+        redisReply *r = vcmd2(v, "HLEN", k);
+        bool ok = reply_int(r, &hlen);
+        if (r)
+            freeReplyObject(r);
+        if (!ok)
+            return false;
+    }
     rows db;
     if (dbq(v, &db, NULL, "SELECT order_id FROM orders WHERE sku = $1", 1, s->sku) != STRATA_OK)
         return false;
@@ -499,6 +590,212 @@ bool lg_verify_fs_drain(lg_verify *v, const lg_fs_seen *s, size_t nskus, int64_t
     }
 }
 
+/* HGETALL as pairs (pointing into *reply, which the caller frees); NULL on failure. */
+static pair *hgetall_pairs(lg_verify *v, const char *k, redisReply **reply, size_t *n) {
+    *reply = vcmd2(v, "HGETALL", k);
+    redisReply *r = *reply;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements % 2)
+        return NULL;
+    *n = r->elements / 2;
+    pair *p = strata_calloc(*n + 1, sizeof *p);
+    if (!p)
+        return NULL;
+    for (size_t i = 0; i < *n; i++)
+        p[i] = (pair){r->element[2 * i]->str ? r->element[2 * i]->str : "",
+                      r->element[2 * i + 1]->str ? r->element[2 * i + 1]->str : "", 0};
+    return p;
+}
+
+/*
+ * The stock of each shard: present, 0 <= left <= the shard's initial share.  Returns the
+ * sum (*ok false when a shard's stock could not be read).
+ */
+static int64_t fs_shard_stock(lg_verify *v, const char *sku, int64_t shards, int64_t total,
+                              int64_t *left, bool *ok, int *nv, lg_violation_fn onv, void *fctx) {
+    int64_t sum = 0;
+    *ok = true;
+    for (int64_t i = 0; i < shards; i++) {
+        char k[200];
+        shard_key(k, sizeof k, sku, i, "stock");
+        redisReply *r = vcmd2(v, "GET", k);
+        bool got = reply_int(r, &left[i]);
+        if (r)
+            freeReplyObject(r);
+        if (!got) {
+            violation(nv, onv, fctx, "sku=%s: shard %lld: stock missing or not an integer in Redis",
+                      sku, (long long)i);
+            *ok = false;
+            left[i] = 0;
+            continue;
+        }
+        int64_t share = total >= 0 ? shard_share(total, shards, i) : -1;
+        if (left[i] < 0)
+            violation(nv, onv, fctx, "sku=%s: shard %lld: stock_left=%lld is negative", sku,
+                      (long long)i, (long long)left[i]);
+        else if (share >= 0 && left[i] > share)
+            violation(nv, onv, fctx, "sku=%s: shard %lld: stock_left=%lld above its share %lld",
+                      sku, (long long)i, (long long)left[i], (long long)share);
+        sum += left[i];
+    }
+    return sum;
+}
+
+/*
+ * The records of a sharded sale against each other and the database (db: the orders,
+ * sorted by user, k = user, v = order id):
+ *   orders   each shard's units sold == its share - its stock left; every order id names
+ *            its shard; no user holds more than per_user_limit orders across shards; the
+ *            union equals the database's orders
+ *   buyers   each record in the user's home shard; no reservation ("R:<j>") left and every
+ *            `pending` set empty (a crash's reservations are finished by the sweeper:
+ *            the drain waits for it); each buyer's home record == their order in the db;
+ *            as many records as orders
+ *   taken    a unit taken from shard j by a user homed elsewhere, the same order as in j's
+ *            `orders`
+ */
+static void fs_check_shards(lg_verify *v, const char *sku, const fs_meta *m, const int64_t *left,
+                            bool have_left, const pair *db, int64_t norders, int *nv,
+                            lg_violation_fn onv, void *fctx) {
+    int64_t k = m->shards;
+    redisReply *rep[3 * FS_MAX_SHARDS] = {0};
+    pair *hp[3 * FS_MAX_SHARDS] = {0};
+    size_t hn[3 * FS_MAX_SHARDS] = {0};
+    static const char *const what[3] = {"orders", "buyers", "taken"};
+    pair *all = NULL;
+    size_t nall = 0, nbuyers = 0;
+    for (int64_t i = 0; i < k; i++)
+        for (int w = 0; w < 3; w++) {
+            char kk[200];
+            shard_key(kk, sizeof kk, sku, i, what[w]);
+            size_t at = (size_t)(3 * i + w);
+            hp[at] = hgetall_pairs(v, kk, &rep[at], &hn[at]);
+            if (!hp[at]) {
+                violation(nv, onv, fctx, "sku=%s: shard %lld: HGETALL %s failed", sku, (long long)i,
+                          what[w]);
+                goto out;
+            }
+            if (w == 0)
+                nall += hn[at];
+        }
+
+    /* orders: per shard, and the union by user (k = user, v = order id, n = shard). */
+    all = strata_calloc(nall + 1, sizeof *all);
+    if (!all)
+        goto out;
+    size_t at = 0;
+    int64_t sold_total = 0;
+    for (int64_t i = 0; i < k; i++) {
+        const pair *o = hp[3 * i];
+        size_t n = hn[3 * i];
+        if (have_left && m->have_total && (int64_t)n != shard_share(m->total, k, i) - left[i])
+            violation(nv, onv, fctx,
+                      "sku=%s: shard %lld: %zu orders != share %lld - stock_left %lld", sku,
+                      (long long)i, n, (long long)shard_share(m->total, k, i), (long long)left[i]);
+        for (size_t j = 0; j < n; j++) {
+            if (order_shard(sku, o[j].k) != i)
+                violation(nv, onv, fctx, "sku=%s: shard %lld holds order %s of another shard", sku,
+                          (long long)i, o[j].k);
+            all[at++] = (pair){o[j].v, o[j].k, i};
+        }
+        sold_total += (int64_t)n;
+    }
+    qsort(all, nall, sizeof *all, pair_cmp);
+    for (size_t i = 0; i < nall;) {
+        size_t j = i + 1;
+        while (j < nall && strcmp(all[j].k, all[i].k) == 0)
+            j++;
+        if ((int64_t)(j - i) > m->limit)
+            violation(nv, onv, fctx,
+                      "sku=%s: user %s holds %zu orders across shards (%s in shard %lld, %s in "
+                      "shard %lld), limit %lld",
+                      sku, all[i].k, j - i, all[i].v, (long long)all[i].n, all[i + 1].v,
+                      (long long)all[i + 1].n, (long long)m->limit);
+        i = j;
+    }
+    if (sold_total != norders)
+        violation(nv, onv, fctx, "sku=%s: %lld orders in the shards' orders hashes, %lld in db",
+                  sku, (long long)sold_total, (long long)norders);
+    for (int64_t i = 0; i < norders; i++) {
+        const pair *p = pair_find(all, nall, db[i].k);
+        bool found = false;
+        for (; p && p < all + nall && strcmp(p->k, db[i].k) == 0 && !found; p++)
+            found = strcmp(p->v, db[i].v) == 0;
+        if (!found)
+            violation(nv, onv, fctx, "sku=%s: order %s of user %s in db but in no shard's orders",
+                      sku, db[i].v, db[i].k);
+    }
+
+    /* buyers: home shard, no reservation left, record == the order. */
+    for (int64_t i = 0; i < k; i++) {
+        const pair *b = hp[3 * i + 1];
+        for (size_t j = 0; j < hn[3 * i + 1]; j++) {
+            int64_t home = home_of(b[j].k, k);
+            if (home != i)
+                violation(nv, onv, fctx,
+                          "sku=%s: user %s has a buyer record in shard %lld, home is %lld", sku,
+                          b[j].k, (long long)i, (long long)home);
+            if (strncmp(b[j].v, "R:", 2) == 0) {
+                violation(nv, onv, fctx,
+                          "sku=%s: user %s: reservation %s left unconfirmed in shard %lld", sku,
+                          b[j].k, b[j].v, (long long)i);
+                continue;
+            }
+            nbuyers++;
+            /* an order from another shard is remembered there (the take is idempotent) */
+            int64_t from = order_shard(sku, b[j].v);
+            if (from >= 0 && from < k && from != i) {
+                bool in_taken = false;
+                for (size_t q = 0; q < hn[3 * from + 2] && !in_taken; q++)
+                    in_taken = strcmp(hp[3 * from + 2][q].k, b[j].k) == 0 &&
+                               strcmp(hp[3 * from + 2][q].v, b[j].v) == 0;
+                if (!in_taken)
+                    violation(nv, onv, fctx,
+                              "sku=%s: user %s: order %s from shard %lld not in its taken hash",
+                              sku, b[j].k, b[j].v, (long long)from);
+            }
+            const pair *p = pair_find(db, (size_t)norders, b[j].k);
+            if (!p)
+                violation(nv, onv, fctx,
+                          "sku=%s: user %s: buyer record %s in shard %lld, no order in db", sku,
+                          b[j].k, b[j].v, (long long)i);
+            else if (strcmp(p->v, b[j].v) != 0)
+                violation(nv, onv, fctx, "sku=%s: user %s: buyers says %s, db says %s", sku, b[j].k,
+                          b[j].v, p->v);
+        }
+    }
+    if ((int64_t)nbuyers != norders)
+        violation(nv, onv, fctx, "sku=%s: %zu buyer records in the shards != orders in db=%lld",
+                  sku, nbuyers, (long long)norders);
+    int64_t pending = shards_sum(v, sku, k, "ZCARD", "pending");
+    if (pending != 0)
+        violation(nv, onv, fctx, "sku=%s: %lld reservations still pending (ZCARD pending)", sku,
+                  (long long)pending);
+
+    /* taken: a unit of shard i for a user homed elsewhere, the order in i's `orders`. */
+    for (int64_t i = 0; i < k; i++) {
+        const pair *t = hp[3 * i + 2];
+        for (size_t j = 0; j < hn[3 * i + 2]; j++) {
+            if (home_of(t[j].k, k) == i)
+                violation(nv, onv, fctx, "sku=%s: user %s took from their home shard %lld", sku,
+                          t[j].k, (long long)i);
+            bool found = false;
+            for (const pair *p = pair_find(all, nall, t[j].k);
+                 p && p < all + nall && strcmp(p->k, t[j].k) == 0 && !found; p++)
+                found = p->n == i && strcmp(p->v, t[j].v) == 0;
+            if (!found)
+                violation(nv, onv, fctx, "sku=%s: shard %lld: taken %s -> %s not in its orders",
+                          sku, (long long)i, t[j].k, t[j].v);
+        }
+    }
+out:
+    for (int i = 0; i < 3 * FS_MAX_SHARDS; i++) {
+        strata_free(hp[i]);
+        if (rep[i])
+            freeReplyObject(rep[i]);
+    }
+    strata_free(all);
+}
+
 int lg_verify_fs(lg_verify *v, const lg_fs_seen *s, lg_violation_fn onv, void *fctx) {
     int nv = 0;
     const char *sku = s->sku;
@@ -508,25 +805,51 @@ int lg_verify_fs(lg_verify *v, const lg_fs_seen *s, lg_violation_fn onv, void *f
     pair *db = NULL, *seen = NULL, *redis_b = NULL;
     size_t nredis = 0;
     redisReply *hr = NULL;
+    int64_t shard_left[FS_MAX_SHARDS] = {0};
 
-    /* Redis: stock left, stock_total, buyers. */
-    key(k, sizeof k, "fs", sku, "stock");
-    redisReply *r = vcmd2(v, "GET", k);
-    int64_t left = -1, total_r = -1;
-    bool have_left = reply_int(r, &left);
-    if (r)
-        freeReplyObject(r);
-    key(k, sizeof k, "fs", sku, "meta");
-    bool have_total = false;
-    total_r = hget_int(v, k, "stock_total", &have_total);
-    if (!have_left)
-        violation(&nv, onv, fctx, "sku=%s: %s missing or not an integer in Redis", sku, "stock");
-    if (!have_total)
+    /* Redis: the meta (stock_total, shards), stock left (summed over the shards), buyers. */
+    fs_meta m;
+    fs_read_meta(v, sku, &m);
+    if (!m.have_total)
         violation(&nv, onv, fctx, "sku=%s: meta.stock_total missing in Redis", sku);
+    bool sharded = m.shards > 1;
+    if (m.shards < 1 || m.shards > FS_MAX_SHARDS) {
+        violation(&nv, onv, fctx, "sku=%s: meta.shards=%lld outside [1, %d]", sku,
+                  (long long)m.shards, FS_MAX_SHARDS);
+        sharded = false;
+        m.shards = 1;
+    }
+    if (s->shards > 0 && m.shards != s->shards)
+        violation(&nv, onv, fctx, "sku=%s: shards=%lld, expected %lld (--shards)", sku,
+                  (long long)m.shards, (long long)s->shards);
+    int64_t left = -1;
+    bool have_left;
+    if (sharded) {
+        left = fs_shard_stock(v, sku, m.shards, m.have_total ? m.total : -1, shard_left, &have_left,
+                              &nv, onv, fctx);
+    } else {
+        key(k, sizeof k, "fs", sku, "stock");
+        redisReply *r = vcmd2(v, "GET", k);
+        have_left = reply_int(r, &left);
+        if (r)
+            freeReplyObject(r);
+        if (!have_left)
+            violation(&nv, onv, fctx, "sku=%s: %s missing or not an integer in Redis", sku,
+                      "stock");
+    }
 
-    /* Database: the sale and its orders. */
-    if (dbq(v, &sale, &err, "SELECT stock_total FROM flashsales WHERE sku = $1", 1, sku) != 0 ||
-        dbq(v, &orders, &err, "SELECT order_id, user_id FROM orders WHERE sku = $1", 1, sku) != 0) {
+    /* Database: the sale and its orders (the shards column came with stock shards). */
+    int have_shards_col = 1;
+    if (dbq(v, &sale, NULL, "SELECT stock_total, shards FROM flashsales WHERE sku = $1", 1, sku) !=
+        0) {
+        have_shards_col = 0;
+        if (dbq(v, &sale, &err, "SELECT stock_total FROM flashsales WHERE sku = $1", 1, sku) != 0) {
+            violation(&nv, onv, fctx, "sku=%s: database query failed: %s", sku,
+                      err.data ? err.data : "?");
+            goto out;
+        }
+    }
+    if (dbq(v, &orders, &err, "SELECT order_id, user_id FROM orders WHERE sku = $1", 1, sku) != 0) {
         violation(&nv, onv, fctx, "sku=%s: database query failed: %s", sku,
                   err.data ? err.data : "?");
         goto out;
@@ -534,10 +857,13 @@ int lg_verify_fs(lg_verify *v, const lg_fs_seen *s, lg_violation_fn onv, void *f
     int64_t total_db = sale.n == 1 ? cell_int(&sale, 0, 0, -1) : -1;
     if (sale.n != 1)
         violation(&nv, onv, fctx, "sku=%s: %d rows in flashsales (expected 1)", sku, sale.n);
-    if (have_total && sale.n == 1 && total_db != total_r)
+    if (m.have_total && sale.n == 1 && total_db != m.total)
         violation(&nv, onv, fctx, "sku=%s: stock_total differs: redis=%lld db=%lld", sku,
-                  (long long)total_r, (long long)total_db);
-    int64_t total = have_total ? total_r : total_db;
+                  (long long)m.total, (long long)total_db);
+    if (have_shards_col && sale.n == 1 && cell_int(&sale, 0, 1, 1) != m.shards)
+        violation(&nv, onv, fctx, "sku=%s: shards differ: redis=%lld db=%lld", sku,
+                  (long long)m.shards, (long long)cell_int(&sale, 0, 1, 1));
+    int64_t total = m.have_total ? m.total : total_db;
     if (s->stock >= 0 && total >= 0 && total != s->stock)
         violation(&nv, onv, fctx, "sku=%s: stock_total=%lld but the sale was created with %lld",
                   sku, (long long)total, (long long)s->stock);
@@ -557,6 +883,14 @@ int lg_verify_fs(lg_verify *v, const lg_fs_seen *s, lg_violation_fn onv, void *f
     if (total >= 0 && norders > total)
         violation(&nv, onv, fctx, "sku=%s: OVERSELL: %lld orders for stock %lld", sku,
                   (long long)norders, (long long)total);
+    /* Every user who asked got an order or was told sold out: orders == min(stock, askers). */
+    if (s->asked > 0 && total >= 0) {
+        int64_t want = s->asked < total ? s->asked : total;
+        if (norders != want)
+            violation(&nv, onv, fctx,
+                      "sku=%s: %lld orders in db != min(stock %lld, users who asked %lld)", sku,
+                      (long long)norders, (long long)total, (long long)s->asked);
+    }
 
     /* No user twice, no order id twice (db sorted by user). */
     db = strata_calloc((size_t)norders + 1, sizeof *db);
@@ -618,6 +952,10 @@ int lg_verify_fs(lg_verify *v, const lg_fs_seen *s, lg_violation_fn onv, void *f
         violation(&nv, onv, fctx, "sku=%s: %lld distinct buyers acknowledged, only %lld orders",
                   sku, (long long)distinct, (long long)norders);
 
+    if (sharded) {
+        fs_check_shards(v, sku, &m, shard_left, have_left, db, norders, &nv, onv, fctx);
+        goto out;
+    }
     /* Redis buyers hash == database orders. */
     key(k, sizeof k, "fs", sku, "buyers");
     hr = vcmd2(v, "HGETALL", k);

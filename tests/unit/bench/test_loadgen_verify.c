@@ -158,7 +158,7 @@ static void fs_consistent_sale_passes(void **state) {
     /* u0 saw its order twice (201, then 409 already_purchased with the same id). */
     const char *users[] = {"u0", "u1", "u2", "u0"};
     const char *ids[] = {"ok1-1", "ok1-2", "ok1-3", "ok1-1"};
-    lg_fs_seen s = {"ok1", 5, users, ids, 4, true, false};
+    lg_fs_seen s = {"ok1", 5, users, ids, 4, true, false, 0, 0};
     assert_true(lg_verify_fs_drain(v, &s, 1, 1000));
     found f = {0};
     assert_int_equal(lg_verify_fs(v, &s, collect, &f), 0);
@@ -167,12 +167,19 @@ static void fs_consistent_sale_passes(void **state) {
     make_sale("ok2", 2, 2);
     const char *u2[] = {"u0", "u1"};
     const char *i2[] = {"ok2-1", "ok2-2"};
-    lg_fs_seen s2 = {"ok2", 2, u2, i2, 2, true, true};
+    lg_fs_seen s2 = {"ok2", 2, u2, i2, 2, true, true, 0, 0};
     assert_int_equal(lg_verify_fs(v, &s2, collect, &f), 0);
     /* An incomplete run (timeouts): fewer acknowledged buyers than orders is allowed. */
-    lg_fs_seen s3 = {"ok1", 5, users, ids, 2, false, false};
+    lg_fs_seen s3 = {"ok1", 5, users, ids, 2, false, false, 0, 0};
     assert_int_equal(lg_verify_fs(v, &s3, collect, &f), 0);
+    /* Three users asked, each got an order (or all would be told sold out): 3 == min(5, 3). */
+    lg_fs_seen s4 = {"ok1", 5, users, ids, 4, true, false, 1, 3};
+    assert_int_equal(lg_verify_fs(v, &s4, collect, &f), 0);
     assert_string_equal(f.text, "");
+    /* A fourth user asked and was neither sold to nor told sold out. */
+    s4.asked = 4;
+    assert_int_equal(lg_verify_fs(v, &s4, collect, &f), 1);
+    assert_non_null(strstr(f.text, "3 orders in db != min(stock 5, users who asked 4)"));
     lg_verify_close(&v);
     assert_null(v);
 }
@@ -189,7 +196,7 @@ static void fs_violations_are_reported(void **state) {
     lg_verify *v = open_verify();
     const char *users[] = {"u0", "u0", "u2", "u9", "u1"};
     const char *ids[] = {"bad1-1", "bad1-5", "bad1-3", "bad1-42", "bad1-3"};
-    lg_fs_seen s = {"bad1", 2, users, ids, 5, true, true};
+    lg_fs_seen s = {"bad1", 2, users, ids, 5, true, true, 0, 0};
     assert_false(lg_verify_fs_drain(v, &s, 1, 100)); /* bad1-42 never arrives */
     found f = {0};
     int n = lg_verify_fs(v, &s, collect, &f);
@@ -215,7 +222,7 @@ static void fs_violations_are_reported(void **state) {
     assert_null(strstr(f.text, "!= stock_total-stock_left"));
     /* A sale that was never created in the database. */
     found g = {0};
-    lg_fs_seen s2 = {"nosuch", 10, users, ids, 0, true, false};
+    lg_fs_seen s2 = {"nosuch", 10, users, ids, 0, true, false, 0, 0};
     assert_true(lg_verify_fs(v, &s2, collect, &g) >= 2);
     assert_non_null(strstr(g.text, "0 rows in flashsales"));
     assert_non_null(strstr(g.text, "missing"));
@@ -224,14 +231,184 @@ static void fs_violations_are_reported(void **state) {
     make_sale("bad2", 4, 1);
     const char *u3[] = {"u0"};
     const char *i3[] = {"bad2-1"};
-    lg_fs_seen s3 = {"bad2", 5, u3, i3, 1, true, false};
+    lg_fs_seen s3 = {"bad2", 5, u3, i3, 1, true, false, 0, 0};
     assert_int_equal(lg_verify_fs(v, &s3, collect, &h), 1);
     assert_non_null(strstr(h.text, "stock_total=4 but the sale was created with 5"));
     /* Complete run, but a buyer's order was never acknowledged to anyone. */
     found k = {0};
-    lg_fs_seen s4 = {"bad2", 4, u3, i3, 0, true, false};
+    lg_fs_seen s4 = {"bad2", 4, u3, i3, 0, true, false, 0, 0};
     assert_int_equal(lg_verify_fs(v, &s4, collect, &k), 1);
     assert_non_null(strstr(k.text, "0 distinct buyers were acknowledged but db holds 1"));
+    lg_verify_close(&v);
+}
+
+/*
+ * A sharded sale (docs/notes/scenarios.md, "Stock shards") as the server leaves it:
+ * users u0..u<n-1> buy in order; a user whose home shard (XXH3 % k) is empty takes
+ * from the next shard with stock (taken + orders there, the order id in the home
+ * record).  Returns how many took from another shard.
+ */
+static int make_sharded_sale(const char *sku, int k, int stock, int n) {
+    char c[256];
+    int left[16], seq[16], takes = 0;
+    for (int i = 0; i < k; i++) {
+        left[i] = stock / k + (i < stock % k ? 1 : 0);
+        seq[i] = 0;
+    }
+    snprintf(c, sizeof c, "HSET fs:{%s}:meta stock_total %d per_user_limit 1 shards %d", sku, stock,
+             k);
+    redis_do(c);
+    sql("INSERT INTO flashsales VALUES('%s', %d, 0, 0, 1, 0)", sku, stock);
+    for (int u = 0; u < n; u++) {
+        char user[32];
+        snprintf(user, sizeof user, "u%d", u);
+        int h = (int)(XXH3_64bits(user, strlen(user)) % (uint64_t)k), j = h;
+        for (int t = 0; t < k && left[j] == 0; t++)
+            j = (h + t + 1) % k;
+        if (left[j] == 0)
+            continue; /* sold out: told so */
+        left[j]--;
+        char id[64];
+        snprintf(id, sizeof id, "%s-%d.%d", sku, j, ++seq[j]);
+        snprintf(c, sizeof c, "HSET fs:{%s#%d}:orders %s %s", sku, j, id, user);
+        redis_do(c);
+        snprintf(c, sizeof c, "HSET fs:{%s#%d}:buyers %s %s", sku, h, user, id);
+        redis_do(c);
+        if (j != h) {
+            snprintf(c, sizeof c, "HSET fs:{%s#%d}:taken %s %s", sku, j, user, id);
+            redis_do(c);
+            takes++;
+        }
+        sql("INSERT INTO orders VALUES('%s', '%s', '%s', 0)", id, sku, user);
+    }
+    for (int i = 0; i < k; i++) {
+        snprintf(c, sizeof c, "SET fs:{%s#%d}:stock %d", sku, i, left[i]);
+        redis_do(c);
+    }
+    return takes;
+}
+
+/* The (user, order id) of every order of a sale in the database, as the clients saw them. */
+typedef struct sale_seen {
+    char users[64][16], ids[64][64];
+    const char *up[64], *ip[64];
+    size_t n;
+} sale_seen;
+
+static void seen_from_db(const char *sku, sale_seen *ss) {
+    char q[160];
+    snprintf(q, sizeof q, "SELECT user_id, order_id FROM orders WHERE sku = '%s'", sku);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(sq, q, -1, &st, NULL), SQLITE_OK);
+    ss->n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW && ss->n < 64) {
+        snprintf(ss->users[ss->n], sizeof ss->users[0], "%s", sqlite3_column_text(st, 0));
+        snprintf(ss->ids[ss->n], sizeof ss->ids[0], "%s", sqlite3_column_text(st, 1));
+        ss->up[ss->n] = ss->users[ss->n];
+        ss->ip[ss->n] = ss->ids[ss->n];
+        ss->n++;
+    }
+    sqlite3_finalize(st);
+}
+
+static void fs_sharded_sale_passes(void **state) {
+    (void)state;
+    /* 30 users for 20 units in 4 shards of 5: homes are uneven, so some users take */
+    assert_true(make_sharded_sale("sh1", 4, 20, 30) > 0);
+    sale_seen ss;
+    seen_from_db("sh1", &ss);
+    assert_int_equal(ss.n, 20);
+    lg_verify *v = open_verify();
+    lg_fs_seen s = {"sh1", 20, ss.up, ss.ip, ss.n, true, true, 4, 30};
+    assert_true(lg_verify_fs_drain(v, &s, 1, 1000));
+    found f = {0};
+    assert_int_equal(lg_verify_fs(v, &s, collect, &f), 0);
+    assert_string_equal(f.text, "");
+    /* stock == users: every user bought; 7 shards, some empty-handed at home */
+    assert_true(make_sharded_sale("sh2", 7, 12, 12) > 0);
+    seen_from_db("sh2", &ss);
+    lg_fs_seen s2 = {"sh2", 12, ss.up, ss.ip, ss.n, true, false, 7, 12};
+    assert_int_equal(lg_verify_fs(v, &s2, collect, &f), 0);
+    assert_string_equal(f.text, "");
+    lg_verify_close(&v);
+}
+
+static void fs_sharded_violations_are_reported(void **state) {
+    (void)state;
+    make_sharded_sale("sh3", 4, 20, 30);
+    sale_seen ss;
+    seen_from_db("sh3", &ss);
+    char c[256], user0[16] = "u0";
+    int h0 = (int)(XXH3_64bits(user0, 2) % 4u), other = (h0 + 1) % 4;
+    /* a shard's stock negative; another above its share */
+    redis_do("SET fs:{sh3#1}:stock -2");
+    redis_do("SET fs:{sh3#3}:stock 9");
+    /* u0 (a buyer) gets a second unit from another shard */
+    snprintf(c, sizeof c, "HSET fs:{sh3#%d}:orders sh3-%d.90 u0", other, other);
+    redis_do(c);
+    /* a reservation nobody finished */
+    snprintf(c, sizeof c, "HSET fs:{sh3#%d}:buyers ux R:2", (int)(XXH3_64bits("ux", 2) % 4u));
+    redis_do(c);
+    snprintf(c, sizeof c, "ZADD fs:{sh3#%d}:pending 1 ux", (int)(XXH3_64bits("ux", 2) % 4u));
+    redis_do(c);
+    /* a record outside the user's home shard; a take with no order behind it; an order id
+     * naming another shard */
+    int hy = (int)(XXH3_64bits("uy", 2) % 4u);
+    snprintf(c, sizeof c, "HSET fs:{sh3#%d}:buyers uy sh3-0.77", (hy + 1) % 4);
+    redis_do(c);
+    int hz = (int)(XXH3_64bits("uz", 2) % 4u);
+    snprintf(c, sizeof c, "HSET fs:{sh3#%d}:taken uz sh3-%d.55", (hz + 1) % 4, (hz + 1) % 4);
+    redis_do(c);
+    redis_do("HSET fs:{sh3#2}:orders sh3-3.99 uw");
+    /* a cross-shard order whose take was forgotten (found in the consistent sale's data) */
+    char taker[16] = "", took[64] = "";
+    int tshard = -1;
+    for (int i = 0; i < 4 && !taker[0]; i++) {
+        char *t = sh_redis_cmd(sh_redis_port(redis), "HGETALL fs:{sh3#%d}:taken", i);
+        assert_non_null(t);
+        if (*t) {
+            snprintf(taker, sizeof taker, "%.*s", (int)strcspn(t, "\n"), t);
+            const char *id = t + strcspn(t, "\n") + 1;
+            snprintf(took, sizeof took, "%.*s", (int)strcspn(id, "\n"), id);
+            tshard = i;
+        }
+        free(t);
+    }
+    assert_true(taker[0] != '\0');
+    snprintf(c, sizeof c, "HDEL fs:{sh3#%d}:taken %s", tshard, taker);
+    redis_do(c);
+    lg_verify *v = open_verify();
+    lg_fs_seen s = {"sh3", 20, ss.up, ss.ip, ss.n, true, true, 8, 30};
+    assert_false(lg_verify_fs_drain(v, &s, 1, 100)); /* the reservation stays pending */
+    found f = {0};
+    int n = lg_verify_fs(v, &s, collect, &f);
+    assert_int_equal(n, f.n);
+    char w[8][200];
+    snprintf(w[0], sizeof w[0], "user u0 holds 2 orders across shards");
+    snprintf(w[1], sizeof w[1], "user ux: reservation R:2 left unconfirmed in shard %d",
+             (int)(XXH3_64bits("ux", 2) % 4u));
+    snprintf(w[2], sizeof w[2], "user uy has a buyer record in shard %d, home is %d", (hy + 1) % 4,
+             hy);
+    snprintf(w[3], sizeof w[3], "shard %d: taken uz -> sh3-%d.55 not in its orders", (hz + 1) % 4,
+             (hz + 1) % 4);
+    snprintf(w[4], sizeof w[4], "user %s: order %s from shard %d not in its taken hash", taker,
+             took, tshard);
+    const char *want[] = {
+        w[4],
+        "shard 1: stock_left=-2 is negative",
+        "shard 3: stock_left=9 above its share 5",
+        "shards=4, expected 8 (--shards)",
+        "shard 2 holds order sh3-3.99 of another shard",
+        "1 reservations still pending",
+        "user uy: buyer record sh3-0.77",
+        w[0],
+        w[1],
+        w[2],
+        w[3],
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(f.text, want[i]))
+            fail_msg("missing violation \"%s\" in:\n%s", want[i], f.text);
     lg_verify_close(&v);
 }
 
@@ -244,7 +421,7 @@ static void fs_drain_sees_late_rows(void **state) {
     lg_verify *v = open_verify();
     const char *users[] = {"u0", "u1"};
     const char *ids[] = {"late-1", "late-2"};
-    lg_fs_seen s = {"late", 10, users, ids, 2, true, false};
+    lg_fs_seen s = {"late", 10, users, ids, 2, true, false, 0, 0};
     assert_false(lg_verify_fs_drain(v, &s, 1, 150));
     found f = {0};
     assert_true(lg_verify_fs(v, &s, collect, &f) > 0);
@@ -388,6 +565,8 @@ int main(void) {
         cmocka_unit_test(fs_consistent_sale_passes),
         cmocka_unit_test(fs_violations_are_reported),
         cmocka_unit_test(fs_drain_sees_late_rows),
+        cmocka_unit_test(fs_sharded_sale_passes),
+        cmocka_unit_test(fs_sharded_violations_are_reported),
         cmocka_unit_test(rp_consistent_packets_pass),
         cmocka_unit_test(rp_violations_are_reported),
         cmocka_unit_test(rp_drain_waits_for_the_refund),
