@@ -31,6 +31,8 @@
  *   st:{NS:K}          hash  v, ver, soft (wall ms), delta (ms), neg, lt, lx, minver
  *   st:bloom:{NS}      string  the Bloom bitmap (SETBIT order)
  *   st:bloom:{NS}:pending  bits set while the bitmap is being rebuilt
+ *   st:rl:{NS}         hash  tat, n, nat: the refresh cap's GCRA and key count
+ *   st:hll:{NS}:<e>    HyperLogLog of the keys filled in epoch e (the cap's n)
  * The L1 key of (NS, K) is the Redis key "st:{NS:K}", so Redis tracking
  * (prefix "st:") invalidates L1 entries directly.
  *
@@ -131,7 +133,7 @@ typedef struct strata_tier_config {
     const char *name;          /* metric label tier="<name>"; copied; NULL = ns */
     uint32_t ttl_ms;           /* soft TTL in Redis: 60 000 */
     uint32_t stale_ms;         /* served stale this long past the soft TTL (hard = soft +
-                                 stale): 30 000; 0 = no stale values */
+                                 stale): 60 000 (>= ttl_ms, for the refresh cap); 0 = no stale values */
     uint32_t l1_ttl_ms;        /* L1 TTL of a fresh value (capped by the Redis soft TTL): 5 000 */
     uint32_t negative_ttl_ms;  /* TTL of "does not exist" (Redis and L1): 2 000; 0 = off */
     uint32_t jitter_pct;       /* +-% on every TTL: 10 (0..50) */
@@ -151,6 +153,25 @@ typedef struct strata_tier_config {
     strata_outbox_relay *relay;         /* borrowed, may be NULL: kicked after each write */
     strata_tier_load_hook_fn load_hook; /* tests: run after every database read */
     void *load_hook_ctx;
+    /*
+     * Refresh-load cap (docs/notes/tier.md D-T11).  A REFRESH load (XFetch's early
+     * refresh of a fresh value, or the refresh of a value past its soft TTL: its
+     * reader is answered with the value at once either way) is admitted by a GCRA
+     * kept in Redis (st:rl:{NS}) and shared by every tier of the namespace, in every
+     * process, on the tiers' clock.  Its rate follows the key population:
+     *   max(refresh_cap_floor, refresh_cap_pct/100 * n / ttl_ms)   loads per second,
+     * n = distinct keys filled in the last ttl*(1+jitter)+stale (a HyperLogLog in
+     * Redis per namespace, st:hll:{NS}:<epoch>): about 1.1x the steady refresh rate,
+     * whoever runs how many servers.  A refused refresh takes no lease and the value
+     * keeps being served (stale or fresh); a later read asks again.  Misses (nothing to
+     * serve) are never capped; a refresh in the last eighth of its stale window is
+     * admitted whatever the budget (it still uses a token), so the cap never lets a
+     * read key reach its hard expiry unless the refreshes due exceed the rate.  Drains
+     * a mass expiry in ttl / (pct/100): keep stale_ms >= ttl_ms.
+     */
+    uint32_t refresh_cap_pct;      /* 110; 0 = off (every due refresh loads at once) */
+    uint32_t refresh_cap_floor;    /* loads per second, cluster-wide per namespace: 10 (>= 1) */
+    uint32_t refresh_cap_burst_ms; /* the cap's tokens of this many ms may go at once: 20 */
 } strata_tier_config;
 
 void strata_tier_config_init(strata_tier_config *cfg);
@@ -158,7 +179,7 @@ void strata_tier_config_init(strata_tier_config *cfg);
 /**
  * Creates a tier on the Redis client's loop (cfg is copied; borrowed objects
  * must outlive the tier).  Starts the Bloom refresh timer.  STRATA_EINVAL
- * (missing redis/db, bad ns, jitter > 50), STRATA_ENOMEM.
+ * (missing redis/db, bad ns, jitter > 50, refresh_cap_pct > 1000), STRATA_ENOMEM.
  */
 int strata_tier_create(const strata_tier_config *cfg, strata_tier **out);
 
@@ -222,6 +243,11 @@ typedef struct strata_tier_stats {
     uint64_t breaker_rejects, bulkhead_rejects, errors;
     uint64_t waiting;  /* gets waiting on another holder's lease now */
     uint64_t inflight; /* gets not completed now */
+    /* refresh cap: refreshes admitted (urgent ones included), refused (the value was
+     * served without a refresh), admitted as urgent; the last rate (loads/s) and key
+     * population n the cap reported */
+    uint64_t refresh_admitted, refresh_deferred, refresh_urgent;
+    uint64_t refresh_cap_per_s, refresh_keys;
 } strata_tier_stats;
 
 void strata_tier_get_stats(const strata_tier *t, strata_tier_stats *out);

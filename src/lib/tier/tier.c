@@ -32,7 +32,10 @@
  * while one lease holder refreshes it (stale-while-revalidate), and before
  * it, XFetch (Vattani et al., VLDB 2015) lets one reader refresh early with a
  * probability that grows as expiry nears: now + delta * beta * -ln(u) >= soft.
- * If the database fails, the stale value is served (stale-if-error).
+ * If the database fails, the stale value is served (stale-if-error).  Jitter
+ * alone still lets a synchronised expiry reach the database at ~1/(2*jitter)
+ * times its steady rate, so refreshes (not misses) also pass a rate cap shared
+ * by all servers in Redis, at 1.1x keys / ttl (the refresh cap, below).
  *
  * Penetration is reads of keys that do not exist.  "Not found" is cached as
  * a negative entry with its own short TTL (in Redis and in the L1), and a
@@ -107,6 +110,16 @@ struct strata_tier {
     atomic_int_fast64_t waiting, inflight, loads_inflight;
     strata_counter *m_gets, *m_db_loads, *m_stale, *m_lease_waits, *m_lease_timeouts,
         *m_fills_refused, *m_bloom_absent;
+
+    /* refresh cap (D-T11) */
+    char *rl_key;            /* st:rl:{NS} */
+    uint64_t seen_window_ms; /* population window: ttl*(1+jitter) + stale */
+    uint64_t seen_epoch_ms;  /* one HyperLogLog per window/4 */
+    uint64_t seen_expire_ms; /* PEXPIRE of the HLLs and the limiter (real time) */
+    int64_t deny_until_ms;   /* refused until then (tier clock): no need to ask */
+    atomic_uint_fast64_t refresh_admitted, refresh_deferred, refresh_urgent, refresh_cap_milli,
+        refresh_keys;
+    strata_counter *m_refresh_deferred, *m_refresh_urgent;
 };
 
 /* One Redis -> database load of a key (for the L1's loader or a get without L1). */
@@ -141,6 +154,12 @@ struct tier_load {
     int dbstatus;
     uint64_t db_t0_ns;
     int pending_ops; /* redis calls in flight that reference this load */
+    /* refresh cap: the XFetch draw of the HMGET step (reused by the script step), and
+     * whether the script may hand out a refresh lease */
+    double xf;
+    bool xf_set;
+    bool may_refresh;
+    int64_t soft;
 };
 
 /* Deadlines are real time (a manual test clock must not make a waiter wait forever);
@@ -155,7 +174,7 @@ void strata_tier_config_init(strata_tier_config *c) {
     memset(c, 0, sizeof *c);
     c->ns = "default";
     c->ttl_ms = 60000;
-    c->stale_ms = 30000;
+    c->stale_ms = 60000;
     c->l1_ttl_ms = 5000;
     c->negative_ttl_ms = 2000;
     c->jitter_pct = 10;
@@ -171,6 +190,9 @@ void strata_tier_config_init(strata_tier_config *c) {
     c->bloom_refresh_ms = 1000;
     c->bulkhead = 16;
     strata_breaker_config_default(&c->breaker);
+    c->refresh_cap_pct = 110;
+    c->refresh_cap_floor = 10;
+    c->refresh_cap_burst_ms = 20;
 }
 
 static void inc(atomic_uint_fast64_t *a, strata_counter *c) {
@@ -462,9 +484,149 @@ static void get_done(void *ud, int status, const strata_redis_reply *r) {
 
 static void start_script(tier_load *l);
 
+static double xfetch_draw(const strata_tier *t) {
+    if (t->cfg.xfetch_beta <= 0)
+        return 0;
+    double u = (double)((strata_rand64() >> 11) + 1) * (1.0 / 9007199254740992.0);
+    return t->cfg.xfetch_beta * -log(u);
+}
+
+/* ---- refresh cap (D-T11) ----------------------------------------------------------------
+ *
+ * A refresh load is one whose reader already has a value to serve: XFetch chose it to
+ * refresh a fresh value early, or the value is past its soft TTL (SWR).  Jitter spreads
+ * a synchronised expiry of N keys over 2 * jitter * ttl only, so without a cap the
+ * database sees about 1 / (2 * jitter) times its steady rate N / ttl (5x at the default
+ * 10 %).  Refreshes can wait (their readers are served), misses cannot; so refreshes,
+ * and only they, pass a GCRA in Redis shared by every tier of the namespace (so the cap
+ * does not multiply with the number of servers), whose rate is pct % of N / ttl with N
+ * counted by a HyperLogLog of the keys filled in the last ttl * (1 + jitter) + stale
+ * (every value Redis still holds was filled in that window): it follows the population
+ * without tuning.  A refused refresh takes no lease; its reader gets the value; the next
+ * reader asks again (this tier does not ask Redis again before the GCRA's retry time).
+ * A refresh in the last eighth of the stale window is admitted whatever the budget (and
+ * charged, so the long-run rate holds): the cap never turns a servable key into a miss
+ * while it could still refresh it.  A mass expiry drains in ttl / (pct / 100), before
+ * the hard expiries when stale_ms >= ttl_ms.  Fail-open: a cap script error admits.
+ */
+static bool cap_on(const strata_tier *t) {
+    return t->cfg.refresh_cap_pct > 0 && t->cfg.leases && t->rl_key;
+}
+
+/* Answers a get whose refresh was refused: the value it read, fresh or stale. */
+static void defer_refresh(tier_load *l, int64_t now) {
+    strata_tier *t = l->t;
+    inc(&t->refresh_deferred, t->m_refresh_deferred);
+    if (now < l->soft) {
+        uint64_t l1ttl = t->cfg.l1_ttl_ms;
+        if ((uint64_t)(l->soft - now) < l1ttl)
+            l1ttl = (uint64_t)(l->soft - now);
+        inc(&t->redis_hits, NULL);
+        if (l->stale_neg)
+            answer(l, STRATA_ENOTFOUND, STRATA_TIER_HIT_REDIS, NULL, 0, l->stale_ver, 0);
+        else
+            answer(l, STRATA_OK, STRATA_TIER_HIT_REDIS, l->stale, l->stale_len, l->stale_ver,
+                   l1ttl ? l1ttl : 1);
+    } else {
+        answer_stale_or(l, STRATA_OK);
+    }
+    load_maybe_free(l);
+}
+
+static void cap_done(void *ud, int status, const strata_redis_reply *r) {
+    tier_load *l = ud;
+    strata_tier *t = l->t;
+    l->pending_ops--;
+    if (t->closing) {
+        load_maybe_free(l);
+        return;
+    }
+    if (status != STRATA_OK || !r || r->type != STRATA_REPLY_ARRAY || r->elements != 4 ||
+        r->element[0]->type != STRATA_REPLY_INTEGER ||
+        r->element[1]->type != STRATA_REPLY_INTEGER ||
+        r->element[2]->type != STRATA_REPLY_INTEGER ||
+        r->element[3]->type != STRATA_REPLY_INTEGER) {
+        inc(&t->errors, NULL);
+        l->may_refresh = true; /* fail open: the tier without the cap */
+        start_script(l);
+        return;
+    }
+    atomic_store(&t->refresh_cap_milli, (uint_fast64_t)r->element[2]->integer);
+    atomic_store(&t->refresh_keys, (uint_fast64_t)r->element[3]->integer);
+    if (r->element[0]->integer == 1) {
+        inc(&t->refresh_admitted, NULL);
+        l->may_refresh = true;
+        start_script(l);
+        return;
+    }
+    int64_t now = wall_ms(t);
+    t->deny_until_ms = now + (r->element[1]->integer > 0 ? r->element[1]->integer : 1);
+    defer_refresh(l, now);
+}
+
+static void ask_cap(tier_load *l, int64_t now, bool urgent) {
+    strata_tier *t = l->t;
+    const strata_redis_script *s = tier__lib_script(TIER_SCRIPT_REFRESH);
+    enum { EPOCHS = 5 };
+    char hk[EPOCHS][STRATA_DB_NS_MAX + 48];
+    const char *keys[1 + EPOCHS];
+    size_t kl[1 + EPOCHS];
+    keys[0] = t->rl_key;
+    kl[0] = strlen(t->rl_key);
+    int nk = 1;
+    int64_t cur = now / (int64_t)t->seen_epoch_ms;
+    for (int i = 0; i < EPOCHS && cur - i >= 0; i++, nk++) {
+        int n = snprintf(hk[i], sizeof hk[i], "st:hll:{%s}:%lld", t->ns, (long long)(cur - i));
+        keys[nk] = hk[i];
+        kl[nk] = (size_t)n;
+    }
+    char a_now[24], a_ttl[16], a_pct[16], a_floor[16], a_tau[24], a_exp[24];
+    snprintf(a_now, sizeof a_now, "%lld", (long long)now);
+    snprintf(a_ttl, sizeof a_ttl, "%u", t->cfg.ttl_ms ? t->cfg.ttl_ms : 1);
+    snprintf(a_pct, sizeof a_pct, "%u", t->cfg.refresh_cap_pct);
+    snprintf(a_floor, sizeof a_floor, "%u",
+             t->cfg.refresh_cap_floor ? t->cfg.refresh_cap_floor : 1);
+    snprintf(a_tau, sizeof a_tau, "%llu", (unsigned long long)t->cfg.refresh_cap_burst_ms * 1000u);
+    snprintf(a_exp, sizeof a_exp, "%llu", (unsigned long long)t->seen_expire_ms);
+    const char *args[7] = {a_now, a_ttl, a_pct, a_floor, urgent ? "1" : "0", a_tau, a_exp};
+    size_t al[7] = {strlen(a_now), strlen(a_ttl), strlen(a_pct), strlen(a_floor), 1,
+                    strlen(a_tau), strlen(a_exp)};
+    if (urgent)
+        inc(&t->refresh_urgent, t->m_refresh_urgent);
+    strata_redis_call call = {0};
+    uint64_t nowms = mono_ms(t);
+    call.timeout_ms = l->deadline_ms > nowms + 5 ? (uint32_t)(l->deadline_ms - nowms) : 5;
+    if (s && strata_redis_evalsha(t->redis, &call, s, cap_done, l, nk, keys, kl, 7, args, al) ==
+                 STRATA_OK) {
+        l->pending_ops++;
+        return;
+    }
+    inc(&t->errors, NULL);
+    l->may_refresh = true; /* fail open */
+    start_script(l);
+}
+
+/* Counts a filled key in the namespace's population (the cap's N). */
+static void note_filled(tier_load *l) {
+    strata_tier *t = l->t;
+    const strata_redis_script *s = tier__lib_script(TIER_SCRIPT_SEEN);
+    if (!s)
+        return;
+    char hk[STRATA_DB_NS_MAX + 48], exp[24];
+    int n = snprintf(hk, sizeof hk, "st:hll:{%s}:%lld", t->ns,
+                     (long long)(wall_ms(t) / (int64_t)t->seen_epoch_ms));
+    snprintf(exp, sizeof exp, "%llu", (unsigned long long)t->seen_expire_ms);
+    const char *keys[1] = {hk};
+    size_t kl[1] = {(size_t)n};
+    const char *args[2] = {l->key, exp};
+    size_t al[2] = {l->klen, strlen(exp)};
+    (void)strata_redis_evalsha(t->redis, NULL, s, NULL, NULL, 1, keys, kl, 2, args, al);
+}
+
 /* A fresh hit needs no script (measured: tier_get.lua costs Redis 4.3 us, HMGET 0.6 us).  HMGET the
  * fields; a value before its soft expiry whose XFetch draw does not ask for an
- * early refresh is answered here; everything else goes to tier_get.lua. */
+ * early refresh is answered here; a due refresh with a free lease asks the refresh
+ * cap first (D-T11); everything else goes to tier_get.lua. */
 static void hmget_done(void *ud, int status, const strata_redis_reply *r) {
     tier_load *l = ud;
     strata_tier *t = l->t;
@@ -473,7 +635,7 @@ static void hmget_done(void *ud, int status, const strata_redis_reply *r) {
         load_maybe_free(l);
         return;
     }
-    if (status == STRATA_OK && r && r->type == STRATA_REPLY_ARRAY && r->elements == 5 &&
+    if (status == STRATA_OK && r && r->type == STRATA_REPLY_ARRAY && r->elements == 6 &&
         r->element[0]->type == STRATA_REPLY_STRING && r->element[1]->type == STRATA_REPLY_STRING &&
         r->element[2]->type == STRATA_REPLY_STRING) {
         int64_t soft = strtoll(r->element[2]->str, NULL, 10);
@@ -481,12 +643,10 @@ static void hmget_done(void *ud, int status, const strata_redis_reply *r) {
             r->element[3]->type == STRATA_REPLY_STRING ? strtoll(r->element[3]->str, NULL, 10) : 0;
         bool neg = r->element[4]->type == STRATA_REPLY_STRING && r->element[4]->str[0] == '1';
         int64_t now = wall_ms(t);
-        double x = 0;
-        if (t->cfg.xfetch_beta > 0 && t->cfg.leases) {
-            double u = (double)((strata_rand64() >> 11) + 1) * (1.0 / 9007199254740992.0);
-            x = t->cfg.xfetch_beta * -log(u);
-        }
-        if (now < soft && !((double)now + (double)delta * x >= (double)soft)) {
+        double x = t->cfg.leases ? xfetch_draw(t) : 0;
+        bool fresh = now < soft;
+        bool early = fresh && (double)now + (double)delta * x >= (double)soft;
+        if (fresh && !early) {
             int64_t version = strtoll(r->element[1]->str, NULL, 10);
             inc(&t->redis_hits, NULL);
             if (neg)
@@ -502,18 +662,40 @@ static void hmget_done(void *ud, int status, const strata_redis_reply *r) {
             load_maybe_free(l);
             return;
         }
+        bool lease_free = r->element[5]->type != STRATA_REPLY_STRING ||
+                          strtoll(r->element[5]->str, NULL, 10) <= now;
+        if (cap_on(t) && lease_free && (early || t->cfg.stale_ms > 0)) {
+            /* a refresh is due and this reader could take its lease: ask the cap */
+            l->xf = x;
+            l->xf_set = true;
+            l->soft = soft;
+            keep_stale(l, r->element[0], r->element[1], neg);
+            if (!l->has_stale) { /* ENOMEM: no copy to serve, let the script decide */
+                l->xf_set = false;
+                start_script(l);
+                return;
+            }
+            uint64_t guard = t->cfg.stale_ms / 8;
+            bool urgent = !fresh && now >= soft + (int64_t)(t->cfg.stale_ms - guard);
+            if (!urgent && now < t->deny_until_ms) {
+                defer_refresh(l, now);
+                return;
+            }
+            ask_cap(l, now, urgent);
+            return;
+        }
     }
     start_script(l);
 }
 
 static void start_redis(tier_load *l) {
     strata_tier *t = l->t;
-    const char *argv[7] = {"HMGET", l->hkey, "v", "ver", "soft", "delta", "neg"};
-    size_t lens[7] = {5, l->hklen, 1, 3, 4, 5, 3};
+    const char *argv[8] = {"HMGET", l->hkey, "v", "ver", "soft", "delta", "neg", "lx"};
+    size_t lens[8] = {5, l->hklen, 1, 3, 4, 5, 3, 2};
     strata_redis_call call = {0};
     uint64_t nowms = mono_ms(t);
     call.timeout_ms = l->deadline_ms > nowms + 5 ? (uint32_t)(l->deadline_ms - nowms) : 5;
-    if (strata_redis_command_argv(t->redis, &call, hmget_done, l, 7, argv, lens) == STRATA_OK) {
+    if (strata_redis_command_argv(t->redis, &call, hmget_done, l, 8, argv, lens) == STRATA_OK) {
         l->pending_ops++;
         return;
     }
@@ -526,21 +708,26 @@ static void start_script(tier_load *l) {
     char now[24], lease[16], xf[32];
     snprintf(now, sizeof now, "%lld", (long long)wall_ms(t));
     snprintf(lease, sizeof lease, "%u", t->cfg.lease_ms);
-    double x = 0;
-    if (t->cfg.xfetch_beta > 0) {
-        double u = (double)((strata_rand64() >> 11) + 1) * (1.0 / 9007199254740992.0);
-        x = t->cfg.xfetch_beta * -log(u);
-    }
+    double x = l->xf_set ? l->xf : xfetch_draw(t);
+    l->xf_set = false;
     snprintf(xf, sizeof xf, "%.6f", x);
     const char *keys[1] = {l->hkey};
     size_t kl[1] = {l->hklen};
-    const char *args[6] = {
-        now, lease, l->token, xf, t->cfg.leases ? "1" : "0", t->cfg.stale_ms ? "1" : "0"};
-    size_t al[6] = {strlen(now), strlen(lease), 16, strlen(xf), 1, 1};
+    /* with the refresh cap on, only a refresh it admitted may take a refresh lease */
+    bool may_refresh = !cap_on(t) || l->may_refresh;
+    l->may_refresh = false;
+    const char *args[7] = {now,
+                           lease,
+                           l->token,
+                           xf,
+                           t->cfg.leases ? "1" : "0",
+                           t->cfg.stale_ms ? "1" : "0",
+                           may_refresh ? "1" : "0"};
+    size_t al[7] = {strlen(now), strlen(lease), 16, strlen(xf), 1, 1, 1};
     strata_redis_call call = {0};
     uint64_t nowms = mono_ms(t);
     call.timeout_ms = l->deadline_ms > nowms + 5 ? (uint32_t)(l->deadline_ms - nowms) : 5;
-    int rc = s ? strata_redis_evalsha(t->redis, &call, s, get_done, l, 1, keys, kl, 6, args, al)
+    int rc = s ? strata_redis_evalsha(t->redis, &call, s, get_done, l, 1, keys, kl, 7, args, al)
                : STRATA_ENOTFOUND;
     if (rc < 0) {
         inc(&t->errors, NULL);
@@ -617,6 +804,8 @@ static void fill(tier_load *l, bool neg) {
     if (s && strata_redis_evalsha(t->redis, NULL, s, fill_done, l, 1, keys, kl, 7, args, al) ==
                  STRATA_OK)
         l->pending_ops++;
+    if (!neg && cap_on(t))
+        note_filled(l);
 }
 
 typedef struct db_job {
@@ -1141,8 +1330,8 @@ int strata_tier_create(const strata_tier_config *cfg, strata_tier **out) {
     if (!out)
         return STRATA_EINVAL;
     *out = NULL;
-    if (!cfg || !cfg->redis || !cfg->db || !cfg->ns || cfg->jitter_pct > 50 || cfg->lease_ms == 0 ||
-        cfg->deadline_ms == 0)
+    if (!cfg || !cfg->redis || !cfg->db || !cfg->ns || cfg->jitter_pct > 50 ||
+        cfg->refresh_cap_pct > 1000 || cfg->lease_ms == 0 || cfg->deadline_ms == 0)
         return STRATA_EINVAL;
     size_t nl = strlen(cfg->ns);
     if (nl == 0 || nl > STRATA_DB_NS_MAX || !strata_utf8_valid(cfg->ns, nl) ||
@@ -1168,6 +1357,13 @@ int strata_tier_create(const strata_tier_config *cfg, strata_tier **out) {
     t->bloom_key = strata_buf_steal(&b, NULL);
     strata_buf_printf(&b, "st:bloom:{%s}:pending", cfg->ns);
     t->bloom_pending = strata_buf_steal(&b, NULL);
+    strata_buf_printf(&b, "st:rl:{%s}", cfg->ns);
+    t->rl_key = strata_buf_steal(&b, NULL);
+    /* every value Redis holds was filled within ttl * (1 + jitter) + stale */
+    t->seen_window_ms = (uint64_t)cfg->ttl_ms * (100u + cfg->jitter_pct) / 100u + cfg->stale_ms;
+    t->seen_epoch_ms = t->seen_window_ms / 4 ? t->seen_window_ms / 4 : 1;
+    /* real time, generous: PFCOUNT only reads the epochs of the window (tier clock) */
+    t->seen_expire_ms = 2 * t->seen_window_ms + 600000u;
     char bname[96];
     snprintf(bname, sizeof bname, "tier_db_%s", t->name ? t->name : "x");
     t->breaker = strata_breaker_create(bname, &cfg->breaker, cfg->metrics);
@@ -1175,8 +1371,9 @@ int strata_tier_create(const strata_tier_config *cfg, strata_tier **out) {
     if (cfg->bloom)
         t->bloom = strata_bloom_create(cfg->bloom_expected, cfg->bloom_fp);
     pthread_mutex_init(&t->qmu, NULL);
-    if (!t->ns || !t->name || !t->prefix || !t->bloom_key || !t->bloom_pending || !t->breaker ||
-        !t->bulk || (cfg->bloom && !t->bloom)) {
+    if (!t->ns || !t->name || !t->prefix || !t->bloom_key || !t->bloom_pending || !t->rl_key ||
+        !t->breaker || !t->bulk || (cfg->bloom && !t->bloom)) {
+        strata_free(t->rl_key);
         strata_free(t->ns);
         strata_free(t->name);
         strata_free(t->prefix);
@@ -1207,6 +1404,12 @@ int strata_tier_create(const strata_tier_config *cfg, strata_tier **out) {
                                    "fills refused (older version or lost lease)", lab);
         t->m_bloom_absent = strata_metrics_counter(m, "strata_tier_bloom_absent_total",
                                                    "gets answered absent by the Bloom filter", lab);
+        t->m_refresh_deferred = strata_metrics_counter(
+            m, "strata_tier_refresh_deferred_total",
+            "refreshes refused by the refresh cap (the value was served, fresh or stale)", lab);
+        t->m_refresh_urgent = strata_metrics_counter(
+            m, "strata_tier_refresh_urgent_total",
+            "refreshes admitted past the refresh cap (last eighth of the stale window)", lab);
     }
     uv_async_init(t->loop, &t->async, async_cb);
     t->async.data = t;
@@ -1251,6 +1454,7 @@ static void tier_handle_closed(uv_handle_t *h) {
     strata_free(t->prefix);
     strata_free(t->bloom_key);
     strata_free(t->bloom_pending);
+    strata_free(t->rl_key);
     strata_breaker_destroy(&t->breaker);
     strata_bulkhead_destroy(&t->bulk);
     strata_bloom_destroy(&t->bloom);
@@ -1295,4 +1499,9 @@ void strata_tier_get_stats(const strata_tier *tc, strata_tier_stats *o) {
     o->errors = atomic_load(&t->errors);
     o->waiting = (uint64_t)atomic_load(&t->waiting);
     o->inflight = (uint64_t)atomic_load(&t->inflight);
+    o->refresh_admitted = atomic_load(&t->refresh_admitted);
+    o->refresh_deferred = atomic_load(&t->refresh_deferred);
+    o->refresh_urgent = atomic_load(&t->refresh_urgent);
+    o->refresh_cap_per_s = (atomic_load(&t->refresh_cap_milli) + 500) / 1000;
+    o->refresh_keys = atomic_load(&t->refresh_keys);
 }

@@ -34,6 +34,8 @@ enum {
     TIER_SCRIPT_INVALIDATE,
     TIER_SCRIPT_BLOOM_ADD,
     TIER_SCRIPT_BLOOM_SWAP,
+    TIER_SCRIPT_REFRESH,
+    TIER_SCRIPT_SEEN,
     TIER_SCRIPT__COUNT
 };
 /** The script, loaded once; NULL if an embedded script is missing. */

@@ -73,6 +73,8 @@ static const char *const g_script_names[TIER_SCRIPT__COUNT] = {
     "tier_invalidate.lua",
     "tier_bloom_add.lua",
     "tier_bloom_swap.lua",
+    "tier_refresh.lua",
+    "tier_seen.lua",
 };
 
 static void scripts_init(void) {

@@ -66,13 +66,17 @@
       "L1 TTL of a value (capped by its Redis TTL; writes by other servers arrive by tracking)") \
     X(kv_ttl, STRATA_OPT_DURATION, "60s", 1, 2592000000, NULL, 0,                                \
       "soft TTL of a value in Redis (then served stale while one server refreshes it)")          \
-    X(kv_stale, STRATA_OPT_DURATION, "30s", 0, 2592000000, NULL, 0,                              \
-      "how long past its soft TTL a value may be served stale (0 = never)")                      \
+    X(kv_stale, STRATA_OPT_DURATION, "60s", 0, 2592000000, NULL, 0,                              \
+      "how long past its soft TTL a value may be served stale (0 = never; keep >= kv_ttl so "    \
+      "the refresh cap drains a mass expiry before values expire)")                              \
     X(kv_negative_ttl, STRATA_OPT_DURATION, "2s", 0, 3600000, NULL, 0,                           \
       "how long \"does not exist\" is cached in Redis (0 = off)")                                \
     X(kv_jitter, STRATA_OPT_INT, "10", 0, 50, NULL, 0, "+-percent of jitter on every TTL")       \
     X(kv_xfetch_beta, STRATA_OPT_INT, "100", 0, 1000, NULL, 0,                                   \
       "XFetch early-refresh beta in percent (100 = 1.0; 0 = off)")                               \
+    X(kv_refresh_cap, STRATA_OPT_INT, "110", 0, 1000, NULL, 0,                                   \
+      "refreshes of served values, all servers together, capped at this percent of keys / "      \
+      "kv_ttl per second (keys counted in Redis; 0 = off; misses are never capped)")             \
     X(kv_lease, STRATA_OPT_DURATION, "2s", 10, 60000, NULL, 0,                                   \
       "lease time of a database load (extended by its holder while the load runs)")              \
     X(kv_deadline, STRATA_OPT_DURATION, "1s", 10, 600000, NULL, 0,                               \
@@ -100,7 +104,7 @@ typedef struct kv_settings {
     bool l1;
     uint64_t l1_capacity;
     uint32_t l1_ttl_ms, ttl_ms, stale_ms, negative_ttl_ms, jitter_pct, lease_ms, deadline_ms;
-    uint32_t bulkhead, bloom_check_ms;
+    uint32_t bulkhead, bloom_check_ms, refresh_cap_pct;
     double xfetch_beta;
     bool bloom;
 } kv_settings;
@@ -211,6 +215,7 @@ static int read_options(kv_settings *cfg, strata_buf *err) {
     cfg->negative_ttl_ms = (uint32_t)kv_opts[OPT_kv_negative_ttl].val.i;
     cfg->jitter_pct = (uint32_t)kv_opts[OPT_kv_jitter].val.i;
     cfg->xfetch_beta = (double)kv_opts[OPT_kv_xfetch_beta].val.i / 100.0;
+    cfg->refresh_cap_pct = (uint32_t)kv_opts[OPT_kv_refresh_cap].val.i;
     cfg->lease_ms = (uint32_t)kv_opts[OPT_kv_lease].val.i;
     cfg->deadline_ms = (uint32_t)kv_opts[OPT_kv_deadline].val.i;
     cfg->bulkhead = (uint32_t)kv_opts[OPT_kv_bulkhead].val.i;
@@ -388,6 +393,7 @@ static int worker_init(uv_loop_t *loop, void *ctx, void **wdata) {
         tc.negative_ttl_ms = kv->cfg.negative_ttl_ms;
         tc.jitter_pct = kv->cfg.jitter_pct;
         tc.xfetch_beta = kv->cfg.xfetch_beta;
+        tc.refresh_cap_pct = kv->cfg.refresh_cap_pct;
         tc.lease_ms = kv->cfg.lease_ms;
         tc.deadline_ms = kv->cfg.deadline_ms;
         tc.bulkhead = kv->cfg.bulkhead;
