@@ -69,6 +69,10 @@
       "empty = sqlite://<var-dir>/strata.db")                                                 \
     X(drain_timeout, STRATA_OPT_DURATION, "30s", 0, 3600000, NULL, 0,                         \
       "how long to wait for the persister to write every acknowledged write")                 \
+    X(settle, STRATA_OPT_DURATION, "6s", 0, 600000, NULL, 0,                                  \
+      "if some outcomes are unknown (timeouts, 5xx), check only once the records have not "   \
+      "changed for this long (a server may still be finishing those requests; default: "      \
+      "its 5 s request timeout + 1 s)")                                                       \
     X(user_prefix, STRATA_OPT_STR, "u", 1, 0, NULL, 0, "user ids are <prefix><n>, n = 0..users-1")
 
 #define FS_OPTIONS(X)                                                                        \
@@ -517,6 +521,7 @@ static int run_verify(scen *s, int64_t stock, int64_t shards, int64_t asked, int
         amounts[i] = all[i]->amount;
     }
     size_t pos = 0;
+    bool any_unknown = false;
     for (uint64_t e = 0; e < s->nent; e++) {
         size_t start = pos;
         while (pos < n && all[pos]->ent == e)
@@ -525,6 +530,7 @@ static int run_verify(scen *s, int64_t stock, int64_t shards, int64_t asked, int
         bool saw = false;
         for (int i = 0; i < s->threads; i++) {
             unknown += s->tl[i].unknown[e];
+            any_unknown |= s->tl[i].unknown[e] != 0;
             saw |= s->tl[i].saw_end[e] != 0;
         }
         /* --no-create (stock unknown): earlier runs' buyers are not in what this run saw,
@@ -538,6 +544,8 @@ static int run_verify(scen *s, int64_t stock, int64_t shards, int64_t asked, int
                                  amounts + start, pos - start, unknown == 0, saw};
     }
     int64_t drain = strata_bench_opt_int(b, "drain_timeout");
+    if (any_unknown) /* those requests may still be at work in a server */
+        lg_verify_set_settle(v, strata_bench_opt_int(b, "settle"));
     uint64_t t0 = strata_bench_now_ns();
     bool drained = s->kind == 0 ? lg_verify_fs_drain(v, fs, s->nent, drain)
                                 : lg_verify_rp_drain(v, rp, s->nent, drain);
@@ -571,10 +579,31 @@ static int create_fs(strata_bench *b, const lg_config *cfg, const char *sku, int
     snprintf(body, sizeof body, "{\"sku\":\"%s\",\"stock\":%lld,\"per_user_limit\":1%s}", sku,
              (long long)stock, sh);
     strata_buf resp = STRATA_BUF_INIT, err = STRATA_BUF_INIT;
-    int status = 0;
-    int rc =
-        lg_http_call(&cfg->url, "POST", "/v1/flashsales", strata_bench_opt_str(b, "admin_token"),
-                     body, (int)cfg->timeout_ms + 3000, &status, &resp, &err);
+    int status = 0, rc;
+    /* A 503 means the server could not learn the outcome in time (a failover, replicas
+     * not yet confirming): creation is idempotent, so retry for a while.  After such a
+     * retry, 409 "exists" is our own earlier attempt (the checks read the sale's real
+     * parameters from Redis, so a sale made with others would still be reported). */
+    bool retried = false;
+    for (int attempt = 0;; attempt++) {
+        status = 0;
+        strata_buf_reset(&resp);
+        strata_buf_reset(&err);
+        rc = lg_http_call(&cfg->url, "POST", "/v1/flashsales",
+                          strata_bench_opt_str(b, "admin_token"), body, (int)cfg->timeout_ms + 3000,
+                          &status, &resp, &err);
+        if (rc != STRATA_OK || status != 503 || attempt >= 20)
+            break;
+        retried = true;
+        fprintf(stderr, "strata bench flashsale: creating sku %s: HTTP 503, retrying\n", sku);
+        struct timespec nap = {0, 250 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+    if (rc == STRATA_OK && status == 409 && retried) {
+        fprintf(stderr, "strata bench flashsale: sku %s exists after a retry: taken as created\n",
+                sku);
+        status = 201;
+    }
     if (rc == STRATA_OK && status != 201) {
         fprintf(stderr, "strata bench flashsale: creating sku %s: HTTP %d %.200s\n", sku, status,
                 resp.data ? resp.data : "");

@@ -270,6 +270,13 @@ typedef struct lg_rp_seen {
  * clients saw; returns true if drained in time.
  */
 bool lg_verify_fs_drain(lg_verify *v, const lg_fs_seen *s, size_t nskus, int64_t drain_ms);
+/**
+ * Makes the drains also wait until the sale's (packet's) records in Redis and the
+ * database have not changed for settle_ms (0, the default: no wait).  For runs in
+ * which some requests' outcome is unknown to the client (timeouts, lost connections,
+ * 5xx): a server may still be finishing them.
+ */
+void lg_verify_set_settle(lg_verify *v, int64_t settle_ms);
 /** Checks the flash-sale invariants of scenarios.md for one sku; returns violations found. */
 int lg_verify_fs(lg_verify *v, const lg_fs_seen *s, lg_violation_fn fail, void *fctx);
 

@@ -47,7 +47,10 @@ struct lg_verify {
     int nnodes;
     sqlite3 *sq;
     PGconn *pg;
+    int64_t settle_ms; /* lg_verify_set_settle */
 };
+
+void lg_verify_set_settle(lg_verify *v, int64_t settle_ms) { v->settle_ms = settle_ms; }
 
 /* ---- Redis ------------------------------------------------------------------------- */
 
@@ -535,7 +538,7 @@ static int64_t shards_sum(lg_verify *v, const char *sku, int64_t shards, const c
     return sum;
 }
 
-static bool fs_drained(lg_verify *v, const lg_fs_seen *s) {
+static bool fs_drained(lg_verify *v, const lg_fs_seen *s, int64_t *count) {
     char k[160];
     fs_meta m;
     fs_read_meta(v, s->sku, &m);
@@ -558,6 +561,7 @@ static bool fs_drained(lg_verify *v, const lg_fs_seen *s) {
     rows db;
     if (dbq(v, &db, NULL, "SELECT order_id FROM orders WHERE sku = $1", 1, s->sku) != STRATA_OK)
         return false;
+    *count += hlen + db.n;
     bool drained = db.n >= hlen;
     if (drained && s->n) {
         pair *ids = strata_calloc((size_t)db.n + 1, sizeof *ids);
@@ -576,15 +580,39 @@ static bool fs_drained(lg_verify *v, const lg_fs_seen *s) {
     return drained;
 }
 
+/*
+ * Settling: a request the client gave up on (timeout, lost connection, 5xx) may
+ * still be at work in a server, which goes on recording its order or grab after
+ * the run ended.  With lg_verify_set_settle(v, ms > 0) a drain counts only once
+ * the records in Redis and the database have not changed for that long, so the
+ * checks do not read a sale half-way through such a request.
+ */
+typedef struct {
+    int64_t last;
+    uint64_t since_ms;
+} settle_state;
+
+static bool settled(const lg_verify *v, settle_state *st, int64_t count, uint64_t now) {
+    if (count != st->last) {
+        st->last = count;
+        st->since_ms = now;
+    }
+    return v->settle_ms <= 0 || now - st->since_ms >= (uint64_t)v->settle_ms;
+}
+
 bool lg_verify_fs_drain(lg_verify *v, const lg_fs_seen *s, size_t nskus, int64_t drain_ms) {
-    uint64_t deadline = verify_now_ms() + (uint64_t)(drain_ms > 0 ? drain_ms : 0);
+    uint64_t now = verify_now_ms();
+    uint64_t deadline = now + (uint64_t)(drain_ms > 0 ? drain_ms : 0);
+    settle_state st = {-1, now};
     for (;;) {
         bool all = true;
-        for (size_t i = 0; i < nskus && all; i++)
-            all = fs_drained(v, &s[i]);
-        if (all)
+        int64_t count = 0;
+        for (size_t i = 0; i < nskus; i++)
+            all &= fs_drained(v, &s[i], &count);
+        now = verify_now_ms();
+        if (settled(v, &st, count, now) && all)
             return true;
-        if (verify_now_ms() >= deadline)
+        if (now >= deadline)
             return false;
         verify_nap_ms(50);
     }
@@ -997,7 +1025,7 @@ out:
 
 /* ---- red packets ------------------------------------------------------------------- */
 
-static bool rp_drained(lg_verify *v, const lg_rp_seen *s) {
+static bool rp_drained(lg_verify *v, const lg_rp_seen *s, int64_t *count) {
     char k[160];
     key(k, sizeof k, "rp", s->id, "grabs");
     redisReply *r = vcmd2(v, "HLEN", k);
@@ -1010,6 +1038,7 @@ static bool rp_drained(lg_verify *v, const lg_rp_seen *s) {
     rows db;
     if (dbq(v, &db, NULL, "SELECT user_id FROM grabs WHERE packet_id = $1", 1, s->id) != 0)
         return false;
+    *count += hlen + db.n;
     bool drained = db.n >= hlen;
     if (drained && s->n) {
         pair *u = strata_calloc((size_t)db.n + 1, sizeof *u);
@@ -1044,14 +1073,18 @@ static bool rp_drained(lg_verify *v, const lg_rp_seen *s) {
 }
 
 bool lg_verify_rp_drain(lg_verify *v, const lg_rp_seen *s, size_t n, int64_t drain_ms) {
-    uint64_t deadline = verify_now_ms() + (uint64_t)(drain_ms > 0 ? drain_ms : 0);
+    uint64_t now = verify_now_ms();
+    uint64_t deadline = now + (uint64_t)(drain_ms > 0 ? drain_ms : 0);
+    settle_state st = {-1, now};
     for (;;) {
         bool all = true;
-        for (size_t i = 0; i < n && all; i++)
-            all = rp_drained(v, &s[i]);
-        if (all)
+        int64_t count = 0;
+        for (size_t i = 0; i < n; i++)
+            all &= rp_drained(v, &s[i], &count);
+        now = verify_now_ms();
+        if (settled(v, &st, count, now) && all)
             return true;
-        if (verify_now_ms() >= deadline)
+        if (now >= deadline)
             return false;
         verify_nap_ms(50);
     }
