@@ -6,7 +6,7 @@
 #   make bench-http       strata GET /healthz vs nginx `return 200`      (wrk, interleaved rounds)
 #   make bench-redis      Strata's Redis client vs redis-benchmark         (GET and EVALSHA)
 #   make bench-l1         L1 hit ratio on the shared traces and throughput vs Caffeine 2.6.2
-#   make bench-flashsale  Lua order path vs the seed's segment-lock strategy (invariants checked)
+#   make bench-flashsale  Lua order path vs the seed's segment-lock strategy, 64/256/1024 buyers (invariants checked)
 #   make bench-soldout    a sell-out burst (orders answered from the L1) vs nginx `return 200`
 #   make bench-redpacket  HTTP grabs vs redis-benchmark running the same EVALSHA
 SHELL := /bin/bash
@@ -65,7 +65,7 @@ bench-l1: build bench-deps
 	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/l1-compare.sh
 
 bench-flashsale: build bench-deps
-	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/flashsale-compare.sh --rounds 3 --stock 20000
+	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/flashsale-compare.sh --rounds 3 --stock 20000 --connections "64 256 1024"
 
 bench-soldout: build bench-deps
 	STRATA_BIN=$(CURDIR)/$(BUILD_RELEASE)/strata bench/soldout-compare.sh --rounds 5 --duration 8 --workers $(JOBS)
