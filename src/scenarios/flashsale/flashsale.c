@@ -92,6 +92,11 @@ extern const strata_embedded strata_lib_lua_table[];
 #define SWEEP_AGE_MS 10000
 /* The set of sharded sales the sweeper visits, members "SKU#K" (ids never hold '#'). */
 #define SHARDED_SALES "fs:sharded"
+/* A sold-out sale leaves that set only after this long (server clock) with nothing pending:
+ * a request that read the sale before it sold out may still leave a reservation (and die)
+ * for up to its deadline, --request-timeout, 5 s by default.  Marker: SWEEP_QUIET + member. */
+#define SWEEP_GRACE_MS 60000
+#define SWEEP_QUIET    "fs:sweepquiet:"
 
 static strata_redis_script s_order, s_create, s_status, s_gcra, s_seg_create, s_unlock, s_take,
     s_settle, s_pending, s_soldout;
@@ -1585,8 +1590,10 @@ static void seglock_start(order_ctx *o) {
  * Rolling forward is what the user asked for (their request may have been
  * answered 503, and the API says a retry then reveals the order); it is never
  * wrong to race a live request doing the same, every step being idempotent.
- * A sale leaves the list once sold out with nothing pending; a straggler's
- * reservation after that is finished by the user's next request.
+ * A sale leaves the list once sold out with nothing pending for SWEEP_GRACE_MS
+ * (a request that read it before the sell-out may still leave a reservation
+ * within its deadline); a reservation after that (a --request-timeout above
+ * the grace) is finished by the user's next request.
  * One sweep runs at a time; it stops at the first Redis failure (next tick).
  */
 typedef struct fs_sweep {
@@ -1730,17 +1737,56 @@ static void on_sweep_pending(void *ud, int status, const strata_redis_reply *r) 
     sweep_next_item(s);
 }
 
+static int quiet_key(const fs_sweep *s, char *buf, size_t cap) {
+    const strata_redis_reply *m = s->sales->element[s->sale];
+    int n = snprintf(buf, cap, SWEEP_QUIET "%s", m->str);
+    return n > 0 && (size_t)n < cap ? n : -1;
+}
+
+/* SET quiet NX GET: nil the first time the sale is seen sold out and quiet (the grace
+ * starts), else the time it was; after SWEEP_GRACE_MS the sale leaves the list. */
+static void on_sweep_quiet(void *ud, int status, const strata_redis_reply *r) {
+    fs_sweep *s = ud;
+    if (status != STRATA_OK) {
+        sweep_end(s);
+        return;
+    }
+    int64_t now = strata_clock_wall_ms(s->sc->env.clock);
+    if (r && r->type == STRATA_REPLY_STRING && now - strtoll(r->str, NULL, 10) >= SWEEP_GRACE_MS) {
+        const strata_redis_reply *m = s->sales->element[s->sale];
+        const char *argv[3] = {"SREM", SHARDED_SALES, m->str};
+        size_t al[3] = {4, strlen(SHARDED_SALES), m->len};
+        strata_redis_command_argv(s->sc->sweeper, NULL, NULL, NULL, 3, argv, al);
+        char qk[128];
+        int ql = quiet_key(s, qk, sizeof qk);
+        const char *dv[2] = {"DEL", qk};
+        size_t dl[2] = {3, (size_t)ql};
+        if (ql > 0)
+            strata_redis_command_argv(s->sc->sweeper, NULL, NULL, NULL, 2, dv, dl);
+    }
+    s->sale++;
+    sweep_next_sale(s);
+}
+
 static void on_sweep_flag(void *ud, int status, const strata_redis_reply *r) {
     fs_sweep *s = ud;
     if (status != STRATA_OK) {
         sweep_end(s);
         return;
     }
-    if (r && r->type == STRATA_REPLY_STRING && strcmp(r->str, "soldout") == 0) {
-        const strata_redis_reply *m = s->sales->element[s->sale];
-        const char *argv[3] = {"SREM", SHARDED_SALES, m->str};
-        size_t al[3] = {4, strlen(SHARDED_SALES), m->len};
-        strata_redis_command_argv(s->sc->sweeper, NULL, NULL, NULL, 3, argv, al);
+    char qk[128], now[24];
+    int ql = quiet_key(s, qk, sizeof qk);
+    if (r && r->type == STRATA_REPLY_STRING && strcmp(r->str, "soldout") == 0 && ql > 0) {
+        int nl =
+            snprintf(now, sizeof now, "%lld", (long long)strata_clock_wall_ms(s->sc->env.clock));
+        const char *argv[7] = {"SET", qk, now, "NX", "GET", "PX", "86400000"};
+        size_t al[7] = {3, (size_t)ql, (size_t)nl, 2, 3, 2, 8};
+        strata_redis_call call = {0};
+        call.timeout_ms = 2000;
+        if (strata_redis_command_argv(s->sc->sweeper, &call, on_sweep_quiet, s, 7, argv, al) !=
+            STRATA_OK)
+            sweep_end(s);
+        return;
     }
     s->sale++;
     sweep_next_sale(s);
@@ -1757,7 +1803,15 @@ static void sweep_next_shard(fs_sweep *s) {
         sweep_call(s, &s_pending, on_sweep_pending, 2, keys, 2, args);
         return;
     }
-    if (s->pending == 0) { /* nothing pending: done with it once sold out */
+    if (s->pending > 0) { /* a reservation: the sold-out grace (if any) starts again */
+        char qk[128];
+        int ql = quiet_key(s, qk, sizeof qk);
+        const char *dv[2] = {"DEL", qk};
+        size_t dl[2] = {3, (size_t)ql};
+        if (ql > 0)
+            strata_redis_command_argv(s->sc->sweeper, NULL, NULL, NULL, 2, dv, dl);
+    }
+    if (s->pending == 0) { /* nothing pending: done with it once sold out (and quiet) */
         char flag[96];
         int fl = snprintf(flag, sizeof flag, "fsflag:{%s}", s->sku);
         const char *argv[2] = {"GET", flag};

@@ -68,6 +68,28 @@ static bool sale_unlisted(void *p) {
     return ok;
 }
 
+static bool quiet_marked(void *p) {
+    char *v = sh_redis_cmd(sh_redis_port(redis), "EXISTS fs:sweepquiet:%s", (const char *)p);
+    bool ok = v && strcmp(v, "1") == 0;
+    free(v);
+    return ok;
+}
+
+static bool sale_listed(const char *member) {
+    char *v = sh_redis_cmd(sh_redis_port(redis), "SISMEMBER fs:sharded %s", member);
+    bool ok = v && strcmp(v, "1") == 0;
+    free(v);
+    return ok;
+}
+
+static bool sale_gone(void *p) { return !sale_listed(p); }
+
+static void advance_clock(uint16_t port, long long ms) {
+    char body[64];
+    snprintf(body, sizeof body, "{\"advance_ms\":%lld}", ms);
+    free(sh_http_expect(port, "POST", "/v1/admin/clock", body, true, 200));
+}
+
 static long long metric(uint16_t port, const char *name) {
     sh_http_resp r;
     long long v = -1;
@@ -86,8 +108,8 @@ static void sharded_sale_keeps_both_invariants(void **state) {
     (void)state;
     char db[1024];
     snprintf(db, sizeof db, "sqlite://%s/fs.db", sh_tmpdir());
-    sh_serve *s1 = serve(db, "--log-level=info");
-    sh_serve *s2 = serve(db, "--log-level=info");
+    sh_serve *s1 = serve(db, "--debug-clock");
+    sh_serve *s2 = serve(db, "--debug-clock");
     uint16_t p1 = sh_serve_port(s1), p2 = sh_serve_port(s2);
 
     /* creation: bounds of "shards"; the shard count comes back */
@@ -243,7 +265,12 @@ static void sharded_sale_keeps_both_invariants(void **state) {
     assert_true(sh_wait_until(30000, 100, fss_all_persisted, &pc));
     free(ids);
     free(args);
-    /* sold out with nothing pending: the sweeper stops visiting the sale */
+    /* sold out with nothing pending: the sweeper stops visiting the sale once that has
+     * lasted SWEEP_GRACE_MS (60 s) on the servers' clocks (moved here, not waited for) */
+    assert_true(sh_wait_until(10000, 50, quiet_marked, SKU "#4"));
+    assert_true(sale_listed(SKU "#4"));
+    advance_clock(p1, 61000);
+    advance_clock(p2, 61000);
     assert_true(sh_wait_until(10000, 50, sale_unlisted, NULL));
 
     /* the segment-lock baseline keeps one slot per sale: it refuses shards */
@@ -321,11 +348,59 @@ static void sweeper_finishes_abandoned_reservations(void **state) {
     assert_int_equal(sh_serve_stop(&s), 0);
 }
 
+/* A sold-out sale stays on the sweeper's list through the grace: a straggler's reservation
+ * (a request that read the sale before the sell-out and died after reserving) made while
+ * the sale was already quiet is still finished by the sweeper. */
+static bool no_record(void *p) {
+    const rec_ctx *c = p;
+    char *v = sh_redis_cmd(sh_redis_port(redis), "HGET fs:{%s}:buyers %s", c->tag, c->user);
+    bool ok = v && strcmp(v, "(nil)") == 0;
+    free(v);
+    return ok;
+}
+
+static void sweeper_keeps_a_sold_out_sale_through_the_grace(void **state) {
+    (void)state;
+    char db[1024];
+    snprintf(db, sizeof db, "sqlite://%s/gr.db", sh_tmpdir());
+    sh_serve *s = serve(db, "--debug-clock");
+    uint16_t p = sh_serve_port(s);
+    free(sh_http_expect(p, "POST", "/v1/flashsales", "{\"sku\":\"gr\",\"stock\":2,\"shards\":2}",
+                        true, 201));
+    free(sh_http_expect(p, "POST", "/v1/flashsales/gr/orders", "{\"user_id\":\"a1\"}", false, 201));
+    free(sh_http_expect(p, "POST", "/v1/flashsales/gr/orders", "{\"user_id\":\"a2\"}", false, 201));
+    /* a third buyer finds every shard empty: sold out, the sale's flag is set */
+    sh_http_expect_code(p, "POST", "/v1/flashsales/gr/orders", "{\"user_id\":\"a3\"}", false, 409,
+                        "sold_out");
+    assert_true(sh_wait_until(10000, 50, quiet_marked, "gr#2"));
+    assert_true(sale_listed("gr#2"));
+    /* the straggler: zed's reservation toward the other shard, left by a dead server */
+    int zh = fss_home("zed", 2);
+    char zk[16];
+    snprintf(zk, sizeof zk, "gr#%d", zh);
+    RDO("HSET fs:{%s}:buyers zed R:%d", zk, 1 - zh);
+    RDO("ZADD fs:{%s}:pending 1 zed", zk);
+    rec_ctx zc = {zk, "zed", NULL};
+    assert_true(sh_wait_until(10000, 50, no_record, &zc)); /* released: nothing to take */
+    char *v = sh_redis_cmd(sh_redis_port(redis), "ZCARD fs:{%s}:pending", zk);
+    assert_string_equal(v, "0");
+    free(v);
+    assert_true(sale_listed("gr#2"));
+    /* quiet again for the whole grace: the sweeper lets the sale go */
+    assert_true(sh_wait_until(10000, 50, quiet_marked, "gr#2"));
+    advance_clock(p, 61000);
+    assert_true(sh_wait_until(10000, 50, sale_gone, "gr#2"));
+    sh_http_expect_code(p, "POST", "/v1/flashsales/gr/orders", "{\"user_id\":\"zed\"}", false, 409,
+                        "sold_out");
+    assert_int_equal(sh_serve_stop(&s), 0);
+}
+
 int main(void) {
     sh_init(110);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(sharded_sale_keeps_both_invariants),
         cmocka_unit_test(sweeper_finishes_abandoned_reservations),
+        cmocka_unit_test(sweeper_keeps_a_sold_out_sale_through_the_grace),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
