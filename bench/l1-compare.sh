@@ -12,7 +12,10 @@
 #   2. throughput per mix and thread count: strata vs Caffeine, 5 interleaved
 #      rounds (L1_ROUNDS), median per cell (Caffeine: a JIT warm-up of 3
 #      rounds before each timed one) and the ratio.
-# Traces come from ../shared/traces (or $STRATA_TRACES).
+# Traces come from ../shared/traces (or $STRATA_TRACES).  The synthetic rows:
+# Zipf (with and without scans), and the recency-heavy streams of the
+# adaptivity target (recency:D = half new keys, half re-reads of the last D new
+# ones; reuse:STEP:3 = every key re-read STEP, 2 STEP, 3 STEP new keys later).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TRACES=${STRATA_TRACES:-$ROOT/../shared/traces}
@@ -49,6 +52,10 @@ CASES=(
   "zipf0.99|synth|zipf:0.99:100000:2000000|1000 10000"
   "zipf1.2|synth|zipf:1.2:100000:2000000|1000 10000"
   "zipf0.99+scans|synth|zipf:0.99:100000:2000000:20|1000 10000"
+  "recency-d100|synth|recency:100:200000|200"
+  "recency-d1000|synth|recency:1000:2000000|2000"
+  "reuse-40x3|synth|reuse:40:3:200000|200"
+  "reuse-400x3|synth|reuse:400:3:2000000|2000"
 )
 [ $QUICK = 1 ] && CASES=("${CASES[0]}" "${CASES[2]}" "${CASES[3]}")
 [ $HR = 1 ] || CASES=()

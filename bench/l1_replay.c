@@ -12,6 +12,8 @@
  * hashed to 64 bits).  synth generates a Zipf(S) stream over KEYS keys,
  * with SCANPCT % of the requests replaced by one-time sequential scans in
  * runs of 1000 (the "Zipf with scans" mix); seed fixed, so runs repeat.
+ * synth also takes recency:D:REQUESTS and reuse:STEP:COUNT:REQUESTS, the
+ * recency-heavy streams of the adaptivity target (synth_recency below).
  * --dump FILE writes the generated keys in `keys` format (for the Java
  * harness, which must replay the very same stream).
  *
@@ -129,7 +131,49 @@ static double urand(void) {
     return (double)(x >> 11) / 9007199254740992.0;
 }
 
+/* Recency-heavy streams (the adaptivity target: docs/notes/l1.md D16).
+ *   recency:D:REQUESTS     half the requests are new keys, the other half
+ *                          re-read one of the last D new keys, uniformly
+ *                          (reuse distances spread from 1 to ~2D requests)
+ *   reuse:STEP:COUNT:REQUESTS  new key t, then keys t-STEP, t-2 STEP, ...,
+ *                          t-COUNT x STEP: every key is read COUNT+1 times,
+ *                          at fixed distances (LRU needs (COUNT+1) x STEP
+ *                          entries, and a window smaller than that gains little)
+ * Deterministic (fixed seeds). */
+static int synth_recency(const char *spec, keyvec *v) {
+    unsigned long long a, b, c = 0;
+    int rc = STRATA_OK;
+    if (sscanf(spec, "recency:%llu:%llu", &a, &b) == 2) {
+        if (a == 0 || a > 100000000ULL || b > 1000000000ULL)
+            return STRATA_EINVAL;
+        uint32_t x = 2463534242u;
+        uint64_t next = 0;
+        for (unsigned long long i = 0; i < b && rc == STRATA_OK; i++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            uint64_t key;
+            if (next > 0 && (x & 1))
+                key = next - 1 - (x >> 1) % (next < a ? next : a);
+            else
+                key = next++;
+            rc = kv_push(v, key);
+        }
+        return rc;
+    }
+    if (sscanf(spec, "reuse:%llu:%llu:%llu", &a, &b, &c) == 3) {
+        if (a == 0 || b == 0 || b > 1000 || c > 1000000000ULL)
+            return STRATA_EINVAL;
+        for (uint64_t t = 0; v->n < c && rc == STRATA_OK; t++)
+            for (uint64_t j = 0; j <= b && v->n < c && rc == STRATA_OK; j++)
+                if (t >= j * a)
+                    rc = kv_push(v, t - j * a);
+        return rc;
+    }
+    return STRATA_EINVAL;
+}
+
 static int synth(const char *spec, keyvec *v) {
+    if (strncmp(spec, "recency:", 8) == 0 || strncmp(spec, "reuse:", 6) == 0)
+        return synth_recency(spec, v);
     double s;
     unsigned long long nkeys, nreq, scanpct = 0;
     int n = sscanf(spec, "zipf:%lf:%llu:%llu:%llu", &s, &nkeys, &nreq, &scanpct);

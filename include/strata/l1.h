@@ -108,6 +108,11 @@ typedef struct strata_l1_config {
     double refresh_beta;      /* XFetch beta for refresh-ahead of loaded values; 0 = off */
     strata_l1_listener_fn listener; /* may be NULL */
     void *listener_ctx;
+    int fast_replace; /* default 1: a set that replaces a present key's value at the same cost,
+                         neither old nor new value with a TTL, takes only the key's segment
+                         lock; the policy applies the replacement later (docs/notes/l1.md D15).
+                         Ignored (off) when a listener is set: the listener's REPLACED call then
+                         always happens before the set returns. */
 } strata_l1_config;
 
 /** Per-set options (NULL = defaults). */
@@ -125,7 +130,8 @@ typedef struct strata_l1_stats {
     uint64_t loads, load_failures, loads_dropped, load_joins, refreshes;
     uint64_t evictions[STRATA_L1_CAUSE__COUNT]; /* by cause */
     uint64_t entries, cost, capacity;
-    uint64_t window_max; /* current W-TinyLFU window size (cost units) */
+    uint64_t window_max;    /* current W-TinyLFU window size (cost units) */
+    uint64_t fast_replaces; /* sets that took the fast replace path (also counted as REPLACED) */
 } strata_l1_stats;
 
 /** Fills cfg with the defaults (capacity 10000 entries, W-TinyLFU adaptive). */

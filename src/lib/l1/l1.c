@@ -13,7 +13,11 @@
  *            update table + policy + timer wheel, evict down to capacity and
  *            return: the bound is exact when a set returns.  A reader whose
  *            stripe is half full drains all stripes with a try-lock, so policy
- *            work is batched and never blocks a read.
+ *            work is batched and never blocks a read.  Exception: a set that
+ *            replaces a present key's value at the same cost, without TTL
+ *            (~80 % of the sets of a Zipf read/write mix), takes only the
+ *            key's segment lock and leaves the policy update to the next
+ *            writer-lock holder ("fast replaces", below; docs/notes/l1.md D15).
  *
  * Removed entries go through two steps before their memory is freed: the
  * eviction listener (called after the lock is released), then the retire
@@ -33,6 +37,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "l1_internal.h"
 #include "strata/alloc.h"
@@ -68,22 +73,70 @@ void strata_l1_config_init(strata_l1_config *cfg) {
     cfg->window_pct = 0.01;
     cfg->doorkeeper = 0; /* measured: costs hit ratio at equal sketch size (docs/notes/l1.md) */
     cfg->jitter_pct = 10;
+    cfg->fast_replace = 1;
 }
 
 static uint64_t now_ns(const strata_l1 *c) { return strata_clock_now_ns(c->clock); }
 
 /* ---- retire / notify ------------------------------------------------------ */
 
+/* Appends e to the retire list (oldest first, epochs non-decreasing: table.c). */
 static void retire(strata_l1 *c, strata_l1_entry *e, uint64_t epoch) {
-    e->prev = c->retired;
+    e->prev = NULL;
     e->next = (strata_l1_entry *)(uintptr_t)epoch;
-    c->retired = e;
+    if (c->retired_tail)
+        c->retired_tail->prev = e;
+    else
+        c->retired = e;
+    c->retired_tail = e;
+    /* One mark per epoch, so reclamation cuts the list without walking it.
+     * When the marks run out, the newest absorbs the new epoch: its entries
+     * are then freed later than they could be, never earlier. */
+    unsigned n = c->nrmark;
+    if (n && c->rmark[n - 1].epoch >= epoch) {
+        c->rmark[n - 1].last = e;
+    } else if (n < sizeof(c->rmark) / sizeof(c->rmark[0])) {
+        c->rmark[n].epoch = epoch;
+        c->rmark[n].last = e;
+        c->nrmark = n + 1;
+    } else {
+        c->rmark[n - 1].epoch = epoch;
+        c->rmark[n - 1].last = e;
+    }
 }
 
-void l1__evict(strata_l1 *c, strata_l1_entry *e, strata_l1_cause cause) {
-    (void)l1__table_remove(c, e);
-    l1__policy_remove(c, e);
-    l1__wheel_deschedule(&c->wheel, e);
+/* ---- fast replaces (docs/notes/l1.md D15) ----------------------------------
+ *
+ * A set whose key is present with the same cost and neither the old nor the
+ * new value has a TTL (c->fast_replace) does not take the writer lock: under
+ * the key's segment lock it swaps the table slot old -> new
+ * (l1__table_swap) and pushes the new entry on the segment's pending list
+ * (new->prev = old).  Cost and entry count do not change, so the bound holds;
+ * the slot store is what a later get sees, so read-your-write holds.  The
+ * old entry stays in the policy lists ("replaced") until the writer-lock
+ * holder applies the event: new takes old's node, old is counted REPLACED
+ * and retired, exactly once, by whoever unlinks the event from the pending
+ * list (drain_writes, or settle_key below).
+ *
+ * Rules every writer-lock path follows:
+ *   R1  table_put / table_remove run under the segment lock, after
+ *       settle_key has applied the key's pending events: the key's table
+ *       entry is then the one in the policy, and no fast replace can
+ *       interleave until the segment lock is released.
+ *   R2  l1__evict(e) evicts the key's *current* entry: when e was replaced
+ *       (still in the policy) or is a replacement not yet applied (found in
+ *       the table), settle_key resolves it to the entry now in the table.
+ *       Only e's key is settled, so an evictor's other list pointers stay valid.
+ *   R3  a pending replacement (L1_Q_PENDING) is ignored by the read drain and
+ *       by policy_remove; it joins the policy only through apply_replace.
+ *   R4  no load can be mapped for a key whose present entry has no TTL (a
+ *       load is registered only for an absent or expired key, and whatever
+ *       makes the key present again drops or completes it), so a fast
+ *       replace never has to drop one.
+ *   R5  with a listener the path is off: REPLACED is then reported before
+ *       the set returns, as before. */
+
+static void l1_retire_or_notify(strata_l1 *c, strata_l1_entry *e, strata_l1_cause cause) {
     c->n_evict[cause]++;
     if (c->cfg.listener) {
         e->spare = (uint16_t)cause;
@@ -94,13 +147,160 @@ void l1__evict(strata_l1 *c, strata_l1_entry *e, strata_l1_cause cause) {
     }
 }
 
-static void lock(strata_l1 *c) { pthread_mutex_lock(&c->lock); }
+/* Writer lock held: nw takes the place of the entry it replaced (nw->prev). */
+static void apply_replace(strata_l1 *c, strata_l1_entry *nw) {
+    strata_l1_entry *old = nw->prev;
+    l1__policy_replace(c, old, nw);
+    c->n_fast++;
+    l1_retire_or_notify(c, old, STRATA_L1_CAUSE_REPLACED);
+}
+
+static bool same_key(const strata_l1_entry *a, const strata_l1_entry *b) {
+    return a->hash == b->hash && a->klen == b->klen &&
+           memcmp(l1_entry_keyp(a), l1_entry_keyp(b), a->klen) == 0;
+}
+
+/* Writer lock and seg's lock held: applies the pending replaces of e's key,
+ * oldest first, and returns the key's entry in the table now (e if none). */
+static strata_l1_entry *settle_key(strata_l1 *c, l1_seg *seg, strata_l1_entry *e) {
+    if (!seg->pending)
+        return e;
+    strata_l1_entry *mine = NULL; /* built by pushing a newest-first list: oldest first */
+    strata_l1_entry **pp = &seg->pending;
+    while (*pp) {
+        strata_l1_entry *x = *pp;
+        if (same_key(x, e)) {
+            *pp = x->next;
+            seg->npending--;
+            x->next = mine;
+            mine = x;
+        } else {
+            pp = &x->next;
+        }
+    }
+    strata_l1_entry *cur = e;
+    while (mine) {
+        strata_l1_entry *nx = mine->next;
+        apply_replace(c, mine);
+        cur = mine;
+        mine = nx;
+    }
+    return cur;
+}
+
+/* Writer lock held: applies b[0..n) in order, prefetching as drain() does:
+ * the replaced entry 2 x REPLACE_AHEAD events ahead, its list neighbours and
+ * sketch words REPLACE_AHEAD ahead. */
+#define REPLACE_AHEAD 4
+static void apply_batch(strata_l1 *c, strata_l1_entry **b, unsigned n) {
+    bool counting = c->sketch_on && c->cfg.policy != STRATA_L1_LRU;
+    for (unsigned i = 0; i < n && i < 2 * REPLACE_AHEAD; i++)
+        __builtin_prefetch(b[i]->prev, 1, 1);
+    for (unsigned i = 0; i < n; i++) {
+        if (i + 2 * REPLACE_AHEAD < n)
+            __builtin_prefetch(b[i + 2 * REPLACE_AHEAD]->prev, 1, 1);
+        if (i + REPLACE_AHEAD < n) {
+            const strata_l1_entry *old = b[i + REPLACE_AHEAD]->prev;
+            __builtin_prefetch(old->prev, 1, 1);
+            __builtin_prefetch(old->next, 1, 1);
+            if (counting)
+                l1__sketch_prefetch(&c->sketch, old->hash);
+        }
+        apply_replace(c, b[i]);
+    }
+}
+
+/* Writer lock held: applies every pending replace. */
+static void drain_writes(strata_l1 *c) {
+    if (!atomic_load_explicit(&c->pending_mask, memory_order_relaxed))
+        return;
+    uint64_t m = atomic_exchange_explicit(&c->pending_mask, 0, memory_order_acquire);
+    /* Oldest first per segment (a key's events never span segments), in
+     * batches whose replaced entries (and their list neighbours, a few events
+     * ahead) and sketch words are prefetched: they are cold by now, and this
+     * runs under the writer lock. */
+    strata_l1_entry *batch[64];
+    unsigned n = 0;
+    while (m) {
+        l1_seg *seg = &c->segs[__builtin_ctzll(m)];
+        m &= m - 1;
+        pthread_mutex_lock(&seg->lock);
+        strata_l1_entry *list = seg->pending;
+        seg->pending = NULL;
+        seg->npending = 0;
+        pthread_mutex_unlock(&seg->lock);
+        strata_l1_entry *fifo = NULL;
+        while (list) {
+            strata_l1_entry *nx = list->next;
+            list->next = fifo;
+            fifo = list;
+            list = nx;
+        }
+        while (fifo) {
+            batch[n++] = fifo;
+            fifo = fifo->next;
+            if (n == 64) {
+                apply_batch(c, batch, n);
+                n = 0;
+            }
+        }
+    }
+    if (n)
+        apply_batch(c, batch, n);
+}
+
+void l1__evict(strata_l1 *c, strata_l1_entry *e, strata_l1_cause cause) {
+    l1_seg *seg = l1__seg_of(c, e->hash);
+    pthread_mutex_lock(&seg->lock);
+    e = settle_key(c, seg, e); /* R2 */
+    (void)l1__table_remove(c, e);
+    pthread_mutex_unlock(&seg->lock);
+    l1__policy_remove(c, e);
+    l1__wheel_deschedule(&c->wheel, e);
+    l1_retire_or_notify(c, e, cause);
+}
+
+/* The writer lock: try for up to LOCK_SPIN_NS before sleeping in the kernel.
+ * Measured (docs/notes/l1.md D15): at 2 threads the holder is nearly always
+ * running and done within a few microseconds (a drain, an eviction), while a
+ * futex sleep + wake costs both threads more than that; glibc's adaptive
+ * mutex gives up after ~100 pauses.  Bounded, so a descheduled holder (the
+ * case a pure spin lock lost in D10) costs at most LOCK_SPIN_NS. */
+#define LOCK_SPIN_NS 20000
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void lock(strata_l1 *c) {
+    if (pthread_mutex_trylock(&c->lock) == 0)
+        return;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            cpu_relax();
+            if ((i & 7) == 7 && pthread_mutex_trylock(&c->lock) == 0)
+                return;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > LOCK_SPIN_NS)
+            break;
+    }
+    pthread_mutex_lock(&c->lock);
+}
 
 /* Releases the lock, then tells the listener about what was removed under it. */
 static void unlock(strata_l1 *c) {
     strata_l1_entry *list = c->notify;
+    strata_l1_entry *tofree = c->tofree;
     c->notify = NULL;
+    c->tofree = NULL;
     pthread_mutex_unlock(&c->lock);
+    l1__free_reclaimed(tofree);
     while (list) {
         strata_l1_entry *nx = list->next;
         c->cfg.listener(c->cfg.listener_ctx, list, (strata_l1_cause)list->spare);
@@ -201,6 +401,7 @@ static void maintain_locked(strata_l1 *c, bool full) {
         }
         epoch = l1__ebr_advance(); /* observe the epoch BEFORE draining (see table.c) */
     }
+    drain_writes(c); /* first: buffered reads of the new entries then count */
     drain(c);
     if (c->has_ttl)
         l1__wheel_advance(&c->wheel, now_ns(c), expire_cb, c);
@@ -296,7 +497,10 @@ int strata_l1_create(const strata_l1_config *cfg, strata_l1 **out) {
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
     pthread_mutex_init(&c->lock, &ma);
+    for (unsigned i = 0; i < L1_NSEG; i++)
+        pthread_mutex_init(&c->segs[i].lock, &ma);
     pthread_mutexattr_destroy(&ma);
+    c->fast_replace = cfg->fast_replace && !cfg->listener; /* R5 */
     l1__wheel_init(&c->wheel, now_ns(c));
     if (c->cfg.metrics)
         register_metrics(c);
@@ -320,6 +524,7 @@ void strata_l1_destroy(strata_l1 **pc) {
     strata_l1 *c = *pc;
     *pc = NULL;
     lock(c);
+    drain_writes(c); /* replaced entries leave the policy lists for the retire list */
     report_metrics(c);
     if (c->m_entries)
         strata_gauge_set(c->m_entries, 0);
@@ -333,6 +538,8 @@ void strata_l1_destroy(strata_l1 **pc) {
         n = nx;
     }
     l1__reclaim(c, UINT64_MAX); /* nobody reads any more: free the whole list */
+    l1__free_reclaimed(c->tofree);
+    c->tofree = NULL;
     for (size_t i = 0; i < c->loads_cap; i++) {
         strata_l1_load *ld = c->loads[i];
         while (ld) {
@@ -344,6 +551,8 @@ void strata_l1_destroy(strata_l1 **pc) {
     }
     pthread_mutex_unlock(&c->lock);
     pthread_mutex_destroy(&c->lock);
+    for (unsigned i = 0; i < L1_NSEG; i++)
+        pthread_mutex_destroy(&c->segs[i].lock);
     l1__policy_free(c);
     l1__table_free(c);
     strata_free(c->loads);
@@ -487,21 +696,19 @@ static void drop_load(strata_l1 *c, const void *key, size_t klen, uint32_t hash)
 static void detach_old(strata_l1 *c, strata_l1_entry *old) {
     l1__policy_remove(c, old);
     l1__wheel_deschedule(&c->wheel, old);
-    c->n_evict[STRATA_L1_CAUSE_REPLACED]++;
-    if (c->cfg.listener) {
-        old->spare = STRATA_L1_CAUSE_REPLACED;
-        old->next = c->notify;
-        c->notify = old;
-    } else {
-        retire(c, old, l1__ebr_epoch());
-    }
+    l1_retire_or_notify(c, old, STRATA_L1_CAUSE_REPLACED);
 }
 
 /* Lock held: publishes e (refs = 1, the cache's) for its key. */
 static int store_locked(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
     strata_l1_entry *old = NULL;
+    drain_writes(c);
     drain(c); /* reads that happened before this write count before its eviction */
+    l1_seg *seg = l1__seg_of(c, e->hash);
+    pthread_mutex_lock(&seg->lock);
+    (void)settle_key(c, seg, e); /* R1 */
     int rc = l1__table_put(c, e, tag, &old);
+    pthread_mutex_unlock(&seg->lock);
     if (rc < 0)
         return rc;
     if (old)
@@ -527,6 +734,43 @@ static void fill_ttl(strata_l1_entry *e, uint64_t now, uint64_t soft, uint64_t s
     t->hard_ns = t->soft_ns + stale;
 }
 
+#define FAST_DRAIN_EVERY 8  /* pending replaces per segment before a set tries to apply them */
+#define FAST_DRAIN_FORCE 64 /* ... before it waits for the writer lock to apply them */
+
+/* The fast replace (see the comment at the top of the file).  e is private
+ * (no TTL); returns false, changing nothing, when e's key is absent or its
+ * entry differs in cost or has a TTL: the caller takes the locked path. */
+static bool fast_replace(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
+    l1_seg *seg = l1__seg_of(c, e->hash);
+    e->queue = L1_Q_PENDING; /* R3: written before the slot store publishes e */
+    pthread_mutex_lock(&seg->lock);
+    strata_l1_entry *old = l1__table_swap(c, e, tag);
+    uint32_t n = 0;
+    if (old) {
+        e->prev = old;
+        e->next = seg->pending;
+        if (!seg->pending)
+            atomic_fetch_or_explicit(&c->pending_mask, 1ULL << (seg - c->segs),
+                                     memory_order_release);
+        seg->pending = e;
+        n = ++seg->npending;
+    }
+    pthread_mutex_unlock(&seg->lock);
+    if (!old) {
+        e->queue = L1_Q_NONE;
+        return false;
+    }
+    if (n % FAST_DRAIN_EVERY == 0) {
+        if (n >= FAST_DRAIN_FORCE)
+            lock(c);
+        else if (pthread_mutex_trylock(&c->lock) != 0)
+            return true;
+        maintain_locked(c, (++c->ops_since_reclaim % MAINT_EVERY) == 0);
+        unlock(c);
+    }
+    return true;
+}
+
 int strata_l1_set(strata_l1 *c, const void *key, size_t klen, const void *val, size_t vlen,
                   const strata_l1_set_opts *opts) {
     if (!c || !key || klen == 0 || klen > MAX_KEY || (!val && vlen))
@@ -550,6 +794,8 @@ int strata_l1_set(strata_l1 *c, const void *key, size_t klen, const void *val, s
     e->cost = cost;
     if (ttl)
         fill_ttl(e, now_ns(c), ttl, stale);
+    if (c->fast_replace && !ttl && fast_replace(c, e, tag))
+        return STRATA_OK;
     lock(c);
     int rc = store_locked(c, e, tag);
     if (rc == STRATA_OK) {
@@ -991,6 +1237,8 @@ void strata_l1_stats_get(strata_l1 *c, strata_l1_stats *out) {
         out->negative_hits += atomic_load_explicit(&c->stripes[s].negative, memory_order_relaxed);
     }
     lock(c);
+    drain_writes(c);
+    out->fast_replaces = c->n_fast;
     out->loads = c->n_loads;
     out->load_failures = c->n_load_fail;
     out->loads_dropped = c->n_dropped;
@@ -1026,6 +1274,7 @@ int strata_l1_frequency(strata_l1 *c, const void *key, size_t klen) {
     uint16_t tag;
     uint32_t hash = l1__hash(key, klen, &tag);
     lock(c);
+    drain_writes(c);
     drain(c);
     int f = l1__sketch_frequency(&c->sketch, hash);
     unlock(c);

@@ -28,7 +28,8 @@
 
 #include "strata/l1.h"
 
-enum { L1_Q_NONE = 0, L1_Q_WINDOW = 1, L1_Q_PROBATION = 2, L1_Q_PROTECTED = 3 };
+/* L1_Q_PENDING: published in the table by a fast replace (l1.c), not yet in the policy. */
+enum { L1_Q_NONE = 0, L1_Q_WINDOW = 1, L1_Q_PROBATION = 2, L1_Q_PROTECTED = 3, L1_Q_PENDING = 4 };
 enum { L1_F_TTL = 1u << 0, L1_F_NEG = 1u << 1 };
 
 struct strata_l1_entry {
@@ -94,11 +95,21 @@ typedef struct l1_table {
     _Atomic uintptr_t slots[];
 } l1_table;
 
+/* A segment.  `lock` orders every write of its table: the writer-lock
+ * holder takes it around table_put/table_remove, a fast replace (l1.c) takes
+ * it alone.  `pending` lists the fast replaces not yet applied to the policy
+ * (newest first, linked through the new entry's `next`; the new entry's
+ * `prev` names the entry it replaced), under `lock`. */
 typedef struct l1_seg {
     _Atomic(l1_table *) tab;
     size_t live, tombs;
-    char pad[40];
+    strata_l1_entry *pending;
+    uint32_t npending;
+    pthread_mutex_t lock;
+    char pad[128 - 40 - sizeof(pthread_mutex_t)]; /* two cache lines per segment (no _Alignas:
+                                                     the cache comes from strata_calloc) */
 } l1_seg;
+_Static_assert(sizeof(l1_seg) == 128, "l1_seg is two cache lines");
 
 /* ---- read buffers ------------------------------------------------------- */
 
@@ -133,6 +144,59 @@ int l1__sketch_frequency(const l1_sketch *s, uint32_t hash);
 void l1__sketch_reset(l1_sketch *s);
 /* Prefetches the four counter words of hash (the drain calls it a few entries ahead). */
 void l1__sketch_prefetch(const l1_sketch *s, uint32_t hash);
+
+/* ---- sampled shadow LRU (sketch.c): does exact LRU beat the policy? ------ */
+
+/* An LRU simulation over a hash-sampled subset of the keys (SHARDS: Waldspurger
+ * et al., FAST 2015): a key is sampled iff a mix of its hash falls below
+ * `threshold` (rate R = slots / expected entries, or every key when the cache
+ * has at most L1_SHADOW_SLOTS entries), and the shadow holds R x capacity.
+ * Over each climber sample it counts, on the sampled events only, the hits
+ * an exact LRU would have had and the hits the cache had (policy.c). */
+#define L1_SHADOW_SLOTS 2048
+typedef struct l1_shadow_slot {
+    uint32_t hash, cost;
+    uint16_t prev, next; /* LRU list; slot 0 is the sentinel: next = LRU end, prev = MRU end */
+} l1_shadow_slot;
+
+typedef struct l1_shadow {
+    l1_shadow_slot *slot; /* nslots + 1 (slot 0 = sentinel); NULL = shadow off */
+    uint16_t *index;      /* open addressing by hash: slot number, 0 = empty */
+    uint32_t nslots, imask, used, freel;
+    uint64_t threshold; /* sampled iff l1_shadow_mix(hash) < threshold: 0 = off, 2^32 = all keys */
+    int evicting;       /* inside policy_evict: removals are the policy's own evictions */
+    uint64_t capacity, size; /* cost units, scaled by the sampling rate */
+    /* sampled events of the current climber sample: all, LRU hits,
+     * LRU-only hits (the cache missed), cache-only hits (LRU would have missed) */
+    uint64_t events, lru_hits, lru_only, act_only;
+    /* the jump (policy.c) */
+    int trial;              /* the last sample jumped: check it paid */
+    int moving;             /* window_max is walking to target_window */
+    uint32_t backoff, wait; /* samples to wait before the next jump after a failed one */
+    uint64_t saved_window, saved_protected, target_window, target_protected;
+    double saved_rate;
+    int lru_mode; /* a jump paid: stay near LRU (policy.c shadow_lru_mode) */
+    int probing;  /* LRU mode: this sample tries the pre-jump window */
+    uint32_t probe_backoff, probe_wait;
+    uint64_t miss_count, miss_freq; /* LRU mode: misses and their summed sketch frequency */
+    uint64_t jumps, reverts, rejumps, probes;
+} l1_shadow;
+
+enum { L1_SHADOW_HIT = 0, L1_SHADOW_MISS = 1, L1_SHADOW_TOUCH = 2 };
+/* The sampling hash: independent of the table's (low bits) and the sketch's (spread). */
+static inline uint32_t l1_shadow_mix(uint32_t hash) {
+    return (uint32_t)(((uint64_t)hash * 0x9E3779B97F4A7C15ULL) >> 32);
+}
+static inline bool l1_shadow_sampled(const l1_shadow *s, uint32_t hash) {
+    return l1_shadow_mix(hash) < s->threshold;
+}
+int l1__shadow_init(l1_shadow *s, uint64_t capacity, uint64_t entries);
+void l1__shadow_free(l1_shadow *s);
+/* A hit (HIT) or an insert after a miss (MISS) of the cache, or a write of a
+ * present key (TOUCH: reorders, not counted). */
+void l1__shadow_ref(l1_shadow *s, uint32_t hash, uint32_t cost, int kind);
+/* The key left the cache other than by the policy's eviction (invalidated, expired, replaced). */
+void l1__shadow_drop(l1_shadow *s, uint32_t hash);
 
 /* ---- timer wheel (wheel.c) --------------------------------------------- */
 
@@ -185,6 +249,8 @@ struct strata_l1 {
     strata_clock *clock;
     pthread_mutex_t lock; /* the writer lock: table writes, policy, wheel, loads */
     _Atomic int drain_pending;
+    _Atomic uint64_t pending_mask; /* bit k: segment k has fast replaces to apply */
+    int fast_replace;              /* cfg.fast_replace && no listener */
 
     /* policy (lock) */
     l1_list window, probation, protected_;
@@ -198,6 +264,7 @@ struct strata_l1 {
     double prev_hit_rate, step_size;
     int64_t adjustment;
     uint64_t rng;
+    l1_shadow shadow;        /* the LRU check of the adaptive window (policy.c) */
     strata_l1_entry *pinned; /* the entry a set is storing: never its own victim */
     _Atomic uint64_t size_snapshot, cost_snapshot; /* for lock-free strata_l1_size */
 
@@ -206,7 +273,13 @@ struct strata_l1 {
     int has_ttl;
 
     /* reclamation (lock) */
-    strata_l1_entry *retired;            /* newest first; prev = link, next = epoch */
+    strata_l1_entry *retired, *retired_tail; /* FIFO (oldest first); prev = link, next = epoch */
+    struct {
+        uint64_t epoch;        /* retire epoch of the entries up to and including `last` */
+        strata_l1_entry *last; /* (after the previous mark's last) */
+    } rmark[8];                /* epoch boundaries of the retire list, oldest first */
+    unsigned nrmark;
+    strata_l1_entry *tofree;             /* reclaimed: freed by unlock() (linked by prev) */
     strata_l1_entry *notify;             /* removed, listener not yet called (linked by next) */
     _Atomic(strata_l1_entry *) notified; /* listener called, to retire (lock-free stack, by prev) */
     l1_table *retired_tabs;
@@ -217,7 +290,7 @@ struct strata_l1 {
     size_t nloads, loads_cap;
 
     /* counters (lock) */
-    uint64_t n_loads, n_load_fail, n_dropped, n_joins, n_refresh;
+    uint64_t n_loads, n_load_fail, n_dropped, n_joins, n_refresh, n_fast;
     uint64_t n_evict[STRATA_L1_CAUSE__COUNT];
 
     /* metrics handles, and what was already reported to them (lock) */
@@ -234,14 +307,25 @@ uint32_t l1__hash(const void *key, size_t klen, uint16_t *tag);
 /* Lock-free lookup (caller inside an EBR section, or holding the lock). */
 strata_l1_entry *l1__table_find(strata_l1 *c, const void *key, size_t klen, uint32_t hash,
                                 uint16_t tag);
-/* Writer lock held.  Inserts or replaces; *old = the replaced entry.  STRATA_ENOMEM on growth failure. */
+static inline l1_seg *l1__seg_of(strata_l1 *c, uint32_t h) {
+    return &c->segs[h >> (32 - L1_SEG_BITS)];
+}
+/* Writer lock and the segment's lock held.  Inserts or replaces; *old = the
+ * replaced entry.  STRATA_ENOMEM on growth failure. */
 int l1__table_put(strata_l1 *c, strata_l1_entry *e, uint16_t tag, strata_l1_entry **old);
-/* Writer lock held.  Removes exactly e if present; returns whether it was. */
+/* Writer lock and the segment's lock held.  Removes exactly e if present; returns whether it was. */
 bool l1__table_remove(strata_l1 *c, strata_l1_entry *e);
+/* The segment's lock held (writer lock NOT needed).  If the slot of e's key
+ * holds an entry x with the same cost and no TTL, stores e there and returns x;
+ * otherwise changes nothing and returns NULL. */
+strata_l1_entry *l1__table_swap(strata_l1 *c, strata_l1_entry *e, uint16_t tag);
 /* Writer lock held.  Calls fn on every live entry (fn may remove the entry it is given). */
 void l1__table_foreach(strata_l1 *c, void (*fn)(void *ctx, strata_l1_entry *e), void *ctx);
-/* Frees retired tables and entries that no reader can still see (lock held). */
+/* Frees retired tables, and moves the retired entries that no reader can
+ * still see to c->tofree (lock held). */
 void l1__reclaim(strata_l1 *c, uint64_t epoch);
+/* Drops the cache's reference of each entry of a c->tofree list (lock not needed). */
+void l1__free_reclaimed(strata_l1_entry *list);
 
 /* policy.c (writer lock held) */
 int l1__policy_init(strata_l1 *c);
@@ -249,6 +333,8 @@ void l1__policy_free(strata_l1 *c);
 void l1__policy_add(strata_l1 *c, strata_l1_entry *e);
 void l1__policy_access(strata_l1 *c, strata_l1_entry *e);
 void l1__policy_remove(strata_l1 *c, strata_l1_entry *e);
+/* nw (same cost) takes old's place in its queue, then counts as an access of the key. */
+void l1__policy_replace(strata_l1 *c, strata_l1_entry *old, strata_l1_entry *nw);
 /* Evicts until the total cost is within capacity, calling l1__evict for each victim. */
 void l1__policy_evict(strata_l1 *c);
 /* Hill climbing step (called after draining). */

@@ -55,6 +55,17 @@
  * climber cannot cross a flat region (a stream whose reuse distances are
  * all beyond 40 % of the cache gains nothing from any nearby window), see
  * docs/notes/l1.md D5.
+ * So the climber has a witness: a small LRU simulation over a hash-sampled
+ * subset of the keys (SHARDS, Waldspurger et al., FAST 2015: sketch.c),
+ * ~32 KiB whatever the capacity, fed by the same events.  When, on a
+ * sample's sampled requests, exact LRU would have hit clearly more often
+ * than the cache did, the window jumps to 99 % of the cache (the cache
+ * becomes an LRU with a tiny filtered tail) as a one-sample trial, and stays
+ * near there while LRU keeps winning; a probe back to the old window, when
+ * the misses are keys the sketch has seen several times, leaves that mode
+ * (shadow_check below, docs/notes/l1.md D16).  Recency streams that the
+ * climber alone left at 7 % and 46.7 % (LRU 75 % and 50 %) reach 74.5 %
+ * and 49.6 %; no trace in the hit-ratio table triggers it.
  * Moving capacity between window and main moves entries across the
  * boundary (at most 1000 per step, the rest follows lazily).
  *
@@ -77,6 +88,7 @@
  * sizes and maxima are in cost units.
  */
 #include "l1_internal.h"
+#include "strata/status.h"
 
 #define PERCENT_MAIN_PROTECTED   0.80
 #define CLIMBER_STEP_PERCENT     0.0625
@@ -84,6 +96,12 @@
 #define CLIMBER_TOLERANCE        0.01 /* hit-rate changes below 1 point are noise */
 #define QUEUE_TRANSFER_THRESHOLD 1000
 #define ADMIT_HASHDOS_THRESHOLD  6
+#define SHADOW_MARGIN            0.03 /* LRU must beat the cache by 3 points on the sample */
+#define SHADOW_MARGIN_REL        0.10 /* and by 10 % of its own hit rate */
+#define SHADOW_MIN_EVENTS        1000 /* sampled events in a climber sample to judge it */
+#define SHADOW_MAX_BACKOFF       64   /* climber samples between jumps that did not pay */
+#define SHADOW_LRU_MODE_MARGIN   0.01 /* after a jump that paid: 1 point either way */
+#define SHADOW_PROBE_FREQ        1.5  /* mean sketch frequency of misses that starts a probe */
 
 /* ---- intrusive lists ---------------------------------------------------- */
 
@@ -149,10 +167,19 @@ int l1__policy_init(strata_l1 *c) {
     c->step_size = -CLIMBER_STEP_PERCENT * (double)c->capacity;
     uint64_t entries =
         c->cfg.weigh == STRATA_L1_WEIGH_ENTRIES ? c->capacity : c->cfg.expected_entries;
-    return l1__sketch_init(&c->sketch, entries, c->cfg.doorkeeper);
+    int rc = l1__sketch_init(&c->sketch, entries, c->cfg.doorkeeper);
+    if (rc == STRATA_OK && c->cfg.policy == STRATA_L1_WTINYLFU) {
+        rc = l1__shadow_init(&c->shadow, c->capacity, entries);
+        if (rc < 0)
+            l1__sketch_free(&c->sketch);
+    }
+    return rc;
 }
 
-void l1__policy_free(strata_l1 *c) { l1__sketch_free(&c->sketch); }
+void l1__policy_free(strata_l1 *c) {
+    l1__sketch_free(&c->sketch);
+    l1__shadow_free(&c->shadow);
+}
 
 void l1__policy_add(strata_l1 *c, strata_l1_entry *e) {
     e->queue = L1_Q_WINDOW;
@@ -163,19 +190,25 @@ void l1__policy_add(strata_l1 *c, strata_l1_entry *e) {
     if (wtinylfu(c)) {
         if (!c->sketch_on && c->total_cost - e->cost >= c->capacity / 2)
             c->sketch_on = 1; /* Caffeine 2.6.2: the sketch starts at half full */
+        if (c->shadow.lru_mode && c->sketch_on) { /* what LRU mode keeps missing */
+            c->shadow.miss_count++;
+            c->shadow.miss_freq += (uint64_t)l1__sketch_frequency(&c->sketch, e->hash);
+        }
         if (c->sketch_on)
             l1__sketch_increment(&c->sketch, e->hash);
         c->misses_in_sample++;
+        if (l1_shadow_sampled(&c->shadow, e->hash)) /* inline: most keys are not */
+            l1__shadow_ref(&c->shadow, e->hash, e->cost, L1_SHADOW_MISS);
         if (!c->warm && c->total_cost >= c->capacity / 2)
             c->warm = 1;
     }
 }
 
-void l1__policy_access(strata_l1 *c, strata_l1_entry *e) {
-    if (!c->sketch_on && wtinylfu(c))
-        return; /* Caffeine 2.6.2 skips the read buffer until the sketch starts */
+/* Moves e as a hit does (MRU end; probation -> protected); false if e is in no queue. */
+static bool reorder(strata_l1 *c, strata_l1_entry *e) {
     switch (e->queue) {
-    case L1_Q_NONE: return; /* removed since the read was buffered */
+    case L1_Q_NONE:                  /* removed since the read was buffered */
+    case L1_Q_PENDING: return false; /* a fast replace not applied yet (l1.c) */
     case L1_Q_WINDOW: list_move_mru(&c->window, e); break;
     case L1_Q_PROBATION:
         list_unlink(e);
@@ -189,15 +222,46 @@ void l1__policy_access(strata_l1 *c, strata_l1_entry *e) {
         break;
     case L1_Q_PROTECTED: list_move_mru(&c->protected_, e); break;
     }
+    return true;
+}
+
+void l1__policy_access(strata_l1 *c, strata_l1_entry *e) {
+    if (!c->sketch_on && wtinylfu(c))
+        return; /* Caffeine 2.6.2 skips the read buffer until the sketch starts */
+    if (!reorder(c, e))
+        return;
     if (wtinylfu(c)) {
         l1__sketch_increment(&c->sketch, e->hash);
         c->hits_in_sample++;
+        if (l1_shadow_sampled(&c->shadow, e->hash)) /* inline: most keys are not */
+            l1__shadow_ref(&c->shadow, e->hash, e->cost, L1_SHADOW_HIT);
     }
+}
+
+/* A fast replace (same key, same cost): nw takes old's node, then the write
+ * counts as an access, as Caffeine's update of a present key does (onAccess:
+ * reorder + sketch increment; not a hit for the climber's sample). */
+void l1__policy_replace(strata_l1 *c, strata_l1_entry *old, strata_l1_entry *nw) {
+    nw->queue = old->queue;
+    nw->prev = old->prev;
+    nw->next = old->next;
+    nw->prev->next = nw;
+    nw->next->prev = nw;
+    old->prev = old->next = NULL;
+    old->queue = L1_Q_NONE;
+    if (l1_shadow_sampled(&c->shadow, nw->hash))
+        l1__shadow_ref(&c->shadow, nw->hash, nw->cost, L1_SHADOW_TOUCH);
+    if (!c->sketch_on && wtinylfu(c))
+        return;
+    reorder(c, nw);
+    if (wtinylfu(c))
+        l1__sketch_increment(&c->sketch, nw->hash);
 }
 
 void l1__policy_remove(strata_l1 *c, strata_l1_entry *e) {
     switch (e->queue) {
-    case L1_Q_NONE: return;
+    case L1_Q_NONE:
+    case L1_Q_PENDING: return;
     case L1_Q_WINDOW: c->window_size -= e->cost; break;
     case L1_Q_PROTECTED: c->protected_size -= e->cost; break;
     default: break;
@@ -206,6 +270,9 @@ void l1__policy_remove(strata_l1 *c, strata_l1_entry *e) {
     e->queue = L1_Q_NONE;
     c->total_cost -= e->cost;
     c->entries--;
+    if (!c->shadow.evicting && l1_shadow_sampled(&c->shadow, e->hash))
+        l1__shadow_drop(&c->shadow,
+                        e->hash); /* invalidated, expired, replaced: gone from LRU too */
 }
 
 static void demote_from_protected(strata_l1 *c) {
@@ -346,21 +413,206 @@ void l1__policy_evict(strata_l1 *c) {
         return;
     }
     int candidates = evict_from_window(c);
+    c->shadow.evicting = 1;
     evict_from_main(c, candidates);
+    c->shadow.evicting = 0;
 }
 
 /* ---- hill climbing ------------------------------------------------------ */
+
+/* Sets the window and protected maxima the mover (shadow_move) walks to. */
+static void shadow_target(strata_l1 *c, uint64_t window, uint64_t prot) {
+    c->shadow.target_window = window;
+    c->shadow.target_protected = prot;
+    c->shadow.moving = 1;
+    c->adjustment = 0;
+}
+
+/* The LRU check (docs/notes/l1.md D16), at the end of each climber sample:
+ * did the shadow LRU beat the cache, on the sample's sampled events, by
+ * SHADOW_MARGIN points and by SHADOW_MARGIN_REL of LRU's own hits, plus
+ * three standard errors of the paired difference (LRU-only hits minus
+ * cache-only hits, whose variance is about their sum).  If so, the window
+ * jumps to all but 1 % of the capacity (main keeps 1 %, 80 % of it
+ * protected), so the cache behaves like an LRU, and the climber continues
+ * from there.  The jump is a trial: if the next full sample's hit rate is
+ * not above the one before the jump, window and protected return to where
+ * they were, and jumps wait 1, 2, 4 ... SHADOW_MAX_BACKOFF samples.
+ * (Checking within a sample, every 1000 sampled events, was tried: on P3 it
+ * jumped in the start-up transient, where LRU leads for a while, and the
+ * trial could not tell: P3 @50k 25.04 -> 6.71 %.)  hit_rate: the sample's.
+ * Returns whether it moved the window (the climber's sample then restarts). */
+static bool shadow_check(strata_l1 *c, double hit_rate);
+
+/* After a jump that paid ("LRU mode"), the climber keeps exploring, but its
+ * sample-to-sample noise (+-2 points on a stationary recency stream) walks
+ * the window down where every step costs a point against LRU.  The paired
+ * comparison with the shadow is far less noisy (its variance is the sum of
+ * the discordant events only), so in LRU mode a 1-point loss against LRU
+ * (and three standard errors) returns the window to its maximum.
+ * Leaving LRU mode: an LRU-like cache cannot see that a small window would
+ * do better (the flat region again, from the other side), so the misses
+ * are watched: when their mean sketch frequency reaches SHADOW_PROBE_FREQ
+ * (LRU keeps missing keys it has seen several times: a hot set larger than
+ * it, a loop), the window goes back to where it was before the jump for one
+ * sample (a probe).  If the cache then beats LRU by 1 point, LRU mode ends
+ * and the climber continues from there; otherwise the window returns to its
+ * maximum and probes wait 1, 2, 4 ... SHADOW_MAX_BACKOFF samples.  Returns
+ * whether it moved the window. */
+static bool shadow_lru_mode(strata_l1 *c, uint64_t ev, uint64_t a, uint64_t b) {
+    l1_shadow *sh = &c->shadow;
+    double gap = (double)a - (double)b, need = SHADOW_LRU_MODE_MARGIN * (double)ev;
+    bool sure = ev >= SHADOW_MIN_EVENTS && gap * gap >= 9.0 * (double)(a + b);
+    uint64_t mc = sh->miss_count, mf = sh->miss_freq;
+    sh->miss_count = sh->miss_freq = 0;
+    uint64_t main_min = c->capacity / 100 ? c->capacity / 100 : 1;
+    uint64_t top = c->capacity - main_min;
+    uint64_t top_protected = (uint64_t)((double)main_min * PERCENT_MAIN_PROTECTED);
+    if (sh->probing) {
+        sh->probing = 0;
+        if (sure && gap <= -need) { /* the old window beats LRU: leave LRU mode */
+            sh->lru_mode = 0;
+            sh->probe_backoff = 0;
+            return false;
+        }
+        sh->probe_backoff = sh->probe_backoff ? sh->probe_backoff * 2 : 1;
+        if (sh->probe_backoff > SHADOW_MAX_BACKOFF)
+            sh->probe_backoff = SHADOW_MAX_BACKOFF;
+        sh->probe_wait = sh->probe_backoff;
+        shadow_target(c, top, top_protected);
+        return true;
+    }
+    if (sh->probe_wait) {
+        sh->probe_wait--;
+    } else if (mc >= SHADOW_MIN_EVENTS / 10 && (double)mf >= SHADOW_PROBE_FREQ * (double)mc &&
+               !sh->moving) {
+        sh->probes++;
+        sh->probing = 1;
+        shadow_target(c, sh->saved_window, sh->saved_protected);
+        return true;
+    }
+    if (!sure || gap < need || c->window_max >= top || sh->moving)
+        return false;
+    sh->rejumps++;
+    shadow_target(c, top, top_protected);
+    return true;
+}
+
+static bool shadow_check(strata_l1 *c, double hit_rate) {
+    l1_shadow *sh = &c->shadow;
+    uint64_t ev = sh->events, lru = sh->lru_hits, a = sh->lru_only, b = sh->act_only;
+    sh->events = sh->lru_hits = sh->lru_only = sh->act_only = 0;
+    if (sh->trial) {
+        sh->trial = 0;
+        if (hit_rate <= sh->saved_rate) { /* did not pay: back to the old window */
+            sh->reverts++;
+            sh->backoff = sh->backoff ? sh->backoff * 2 : 1;
+            if (sh->backoff > SHADOW_MAX_BACKOFF)
+                sh->backoff = SHADOW_MAX_BACKOFF;
+            sh->wait = sh->backoff;
+            shadow_target(c, sh->saved_window, sh->saved_protected);
+            c->prev_hit_rate = sh->saved_rate;
+            return true;
+        }
+        sh->backoff = 0;
+        sh->lru_mode = 1;
+        return false;
+    }
+    if (sh->lru_mode) /* saved_* keep the pre-jump window for the probes */
+        return shadow_lru_mode(c, ev, a, b);
+    if (sh->wait) {
+        sh->wait--;
+        return false;
+    }
+    uint64_t main_min = c->capacity / 100 ? c->capacity / 100 : 1;
+    uint64_t window = c->capacity - main_min;
+    double gap = (double)a - (double)b, need = SHADOW_MARGIN * (double)ev;
+    if (need < SHADOW_MARGIN_REL * (double)lru)
+        need = SHADOW_MARGIN_REL * (double)lru;
+    if (ev < SHADOW_MIN_EVENTS || gap * gap < 9.0 * (double)(a + b) || gap < need ||
+        c->window_max >= window || sh->moving)
+        return false;
+    sh->jumps++;
+    sh->trial = 1;
+    sh->saved_window = c->window_max;
+    sh->saved_protected = c->protected_max;
+    sh->saved_rate = hit_rate;
+    c->prev_hit_rate = hit_rate;
+    c->step_size = c->step_size < 0 ? -c->step_size : c->step_size; /* up: keep going */
+    shadow_target(c, window, (uint64_t)((double)main_min * PERCENT_MAIN_PROTECTED));
+    return true;
+}
+
+/* Walks window_max towards the shadow's target, moving at most
+ * QUEUE_TRANSFER_THRESHOLD entries per call (the climber's own bound).
+ * Growing takes main's entries into the window's LRU end, protected's first
+ * (down to its target), most recent first, so the window keeps recency order;
+ * shrinking moves the window's LRU entries to probation. */
+static void shadow_move(strata_l1 *c) {
+    l1_shadow *sh = &c->shadow;
+    for (int i = 0; i < QUEUE_TRANSFER_THRESHOLD; i++) {
+        if (c->window_max < sh->target_window) {
+            strata_l1_entry *e = NULL;
+            if (c->protected_size > sh->target_protected)
+                e = list_last(&c->protected_);
+            if (!e)
+                e = list_last(&c->probation);
+            if (!e)
+                e = list_last(&c->protected_);
+            if (!e) {
+                c->window_max = sh->target_window; /* main is empty */
+                continue;
+            }
+            list_unlink(e);
+            if (e->queue == L1_Q_PROTECTED)
+                c->protected_size -= e->cost;
+            e->queue = L1_Q_WINDOW;
+            e->next = c->window.head.next; /* the LRU end */
+            e->prev = &c->window.head;
+            c->window.head.next->prev = e;
+            c->window.head.next = e;
+            c->window_size += e->cost;
+            c->window_max += e->cost;
+            if (c->window_max > sh->target_window)
+                c->window_max = sh->target_window;
+        } else if (c->window_max > sh->target_window) {
+            strata_l1_entry *e = list_first(&c->window);
+            if (!e || c->window_size <= sh->target_window || e->cost > c->window_max) {
+                c->window_max = sh->target_window;
+                continue;
+            }
+            list_unlink(e);
+            c->window_size -= e->cost;
+            c->window_max -= e->cost;
+            if (c->window_max < sh->target_window)
+                c->window_max = sh->target_window;
+            e->queue = L1_Q_PROBATION;
+            list_push_mru(&c->probation, e);
+        } else {
+            break;
+        }
+    }
+    if (c->window_max == sh->target_window) {
+        c->protected_max = sh->target_protected;
+        sh->moving = 0;
+    }
+}
 
 static void determine_adjustment(strata_l1 *c) {
     uint64_t requests = c->hits_in_sample + c->misses_in_sample;
     if (!c->warm) {
         c->prev_hit_rate = 0;
         c->hits_in_sample = c->misses_in_sample = 0;
+        c->shadow.events = c->shadow.lru_hits = c->shadow.lru_only = c->shadow.act_only = 0;
         return;
     }
     if (requests < c->sketch.sample)
         return;
     double hit_rate = (double)c->hits_in_sample / (double)requests;
+    if (c->shadow.slot && shadow_check(c, hit_rate)) {
+        c->hits_in_sample = c->misses_in_sample = 0;
+        return;
+    }
     double change = hit_rate - c->prev_hit_rate;
     double amount = change >= 0 ? c->step_size : -c->step_size;
     if (change < CLIMBER_TOLERANCE && change > -CLIMBER_TOLERANCE) {
@@ -437,6 +689,10 @@ void l1__policy_climb(strata_l1 *c) {
         return;
     if (c->cfg.policy == STRATA_L1_WTINYLFU) {
         determine_adjustment(c);
+    }
+    if (c->shadow.moving) {
+        shadow_move(c);
+        return;
     }
     demote_from_protected(c);
     int64_t amount = c->adjustment;

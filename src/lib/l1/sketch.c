@@ -182,3 +182,173 @@ void l1__sketch_reset(l1_sketch *s) {
     s->size = (odd >> 2) > s->size ? 0 : (s->size - (odd >> 2)) >> 1;
     s->resets++;
 }
+
+/* ---- the sampled shadow LRU ----------------------------------------------
+ *
+ * policy.c asks, once per climber sample, whether an exact LRU of the same
+ * capacity would have hit more often than the cache did, because a hill
+ * climber cannot see it on its own when the gain is behind a flat region
+ * (every window below the reuse distances gains nothing: docs/notes/l1.md
+ * D5, D16).  Simulating LRU over every key would cost a second set of
+ * entries; SHARDS (Waldspurger, Park, Garthwaite, Ahmad: "Efficient MRC
+ * Construction with SHARDS", FAST 2015) shows that LRU over the keys whose
+ * hash falls below a threshold, in a cache scaled by the same rate, has the
+ * hit ratio of the full LRU up to sampling error.  So: at most
+ * L1_SHADOW_SLOTS (2048) slots of 12 bytes plus a 16-bit index of twice
+ * that, ~32 KiB whatever the capacity (0.33 B per entry at 100k entries);
+ * a cache of at most 2048 entries simulates every key (exact LRU).  Every
+ * operation is O(1): one hash lookup in the index, list relinking. */
+
+static inline uint32_t shadow_pos(const l1_shadow *s, uint32_t h) {
+    h ^= h >> 16; /* murmur3's fmix32: unrelated to l1_shadow_mix */
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h & s->imask;
+}
+
+int l1__shadow_init(l1_shadow *s, uint64_t capacity, uint64_t entries) {
+    memset(s, 0, sizeof(*s));
+    if (entries < 1)
+        entries = 1;
+    uint64_t threshold;
+    if (entries <= L1_SHADOW_SLOTS) {
+        threshold = 1ULL << 32; /* every key */
+        s->nslots = (uint32_t)entries;
+        s->capacity = capacity;
+    } else {
+        double rate = (double)L1_SHADOW_SLOTS / (double)entries;
+        s->nslots = L1_SHADOW_SLOTS;
+        threshold = (uint64_t)(rate * 4294967296.0);
+        s->capacity = (uint64_t)((double)capacity * rate + 0.5);
+        if (s->capacity < 1)
+            s->capacity = 1;
+    }
+    uint32_t isize = 16;
+    while (isize < 2 * s->nslots)
+        isize <<= 1;
+    s->imask = isize - 1;
+    s->slot = strata_calloc((size_t)s->nslots + 1, sizeof(l1_shadow_slot));
+    s->index = strata_calloc(isize, sizeof(uint16_t));
+    if (!s->slot || !s->index) {
+        l1__shadow_free(s);
+        return STRATA_ENOMEM;
+    }
+    /* free list through `next`, slots 1..nslots */
+    for (uint32_t i = 1; i <= s->nslots; i++)
+        s->slot[i].next = (uint16_t)(i < s->nslots ? i + 1 : 0);
+    s->freel = 1;
+    s->threshold = threshold; /* last: nonzero only once the slots exist */
+    return STRATA_OK;
+}
+
+void l1__shadow_free(l1_shadow *s) {
+    strata_free(s->slot);
+    strata_free(s->index);
+    s->threshold = 0;
+    s->slot = NULL;
+    s->index = NULL;
+}
+
+static uint32_t shadow_find(const l1_shadow *s, uint32_t hash, uint32_t *pos) {
+    uint32_t i = shadow_pos(s, hash);
+    for (;;) {
+        uint16_t x = s->index[i];
+        if (x == 0 || s->slot[x].hash == hash) {
+            *pos = i;
+            return x;
+        }
+        i = (i + 1) & s->imask;
+    }
+}
+
+/* Backward-shift deletion keeps linear probing exact without tombstones. */
+static void shadow_index_del(l1_shadow *s, uint32_t i) {
+    s->index[i] = 0;
+    uint32_t j = i;
+    for (;;) {
+        j = (j + 1) & s->imask;
+        uint16_t x = s->index[j];
+        if (x == 0)
+            return;
+        uint32_t h = shadow_pos(s, s->slot[x].hash);
+        if ((j > i && (h <= i || h > j)) || (j < i && (h <= i && h > j))) {
+            s->index[i] = x;
+            s->index[j] = 0;
+            i = j;
+        }
+    }
+}
+
+static void shadow_unlink(l1_shadow *s, uint32_t x) {
+    s->slot[s->slot[x].prev].next = s->slot[x].next;
+    s->slot[s->slot[x].next].prev = s->slot[x].prev;
+}
+
+static void shadow_push_mru(l1_shadow *s, uint32_t x) {
+    uint16_t mru = s->slot[0].prev;
+    s->slot[x].prev = mru;
+    s->slot[x].next = 0;
+    s->slot[mru].next = (uint16_t)x;
+    s->slot[0].prev = (uint16_t)x;
+}
+
+/* Removes slot x (at index position pos) and returns it to the free list. */
+static void shadow_remove(l1_shadow *s, uint32_t x, uint32_t pos) {
+    shadow_unlink(s, x);
+    shadow_index_del(s, pos);
+    s->size -= s->slot[x].cost;
+    s->used--;
+    s->slot[x].next = (uint16_t)s->freel;
+    s->freel = x;
+}
+
+static void shadow_evict_lru(l1_shadow *s) {
+    uint32_t x = s->slot[0].next, pos;
+    (void)shadow_find(s, s->slot[x].hash, &pos);
+    shadow_remove(s, x, pos);
+}
+
+void l1__shadow_ref(l1_shadow *s, uint32_t hash, uint32_t cost, int kind) {
+    if (!l1_shadow_sampled(s, hash))
+        return;
+    uint32_t pos, x = shadow_find(s, hash, &pos);
+    if (kind != L1_SHADOW_TOUCH) {
+        s->events++;
+        s->lru_hits += x != 0;
+        s->lru_only += x != 0 && kind == L1_SHADOW_MISS;
+        s->act_only += x == 0 && kind == L1_SHADOW_HIT;
+    }
+    if (x) {
+        shadow_unlink(s, x);
+        s->size += (uint64_t)cost - s->slot[x].cost;
+        s->slot[x].cost = cost;
+        shadow_push_mru(s, x);
+    } else {
+        if (cost > s->capacity)
+            return;
+        s->size += cost;
+        while (s->used > 0 && (s->size > s->capacity || s->used == s->nslots)) {
+            shadow_evict_lru(s);
+        }
+        (void)shadow_find(s, hash, &pos); /* evictions may have shifted the index */
+        x = s->freel;
+        s->freel = s->slot[x].next;
+        s->slot[x].hash = hash;
+        s->slot[x].cost = cost;
+        s->index[pos] = (uint16_t)x;
+        s->used++;
+        shadow_push_mru(s, x);
+    }
+    while (s->size > s->capacity && s->slot[0].next != 0) /* a heavier rewrite */
+        shadow_evict_lru(s);
+}
+
+void l1__shadow_drop(l1_shadow *s, uint32_t hash) {
+    if (!l1_shadow_sampled(s, hash))
+        return;
+    uint32_t pos, x = shadow_find(s, hash, &pos);
+    if (x)
+        shadow_remove(s, x, pos);
+}
