@@ -725,7 +725,7 @@ static void test_window_adapts(void **state) {
     uint64_t hits = recency_stream(STRATA_L1_WTINYLFU, &win);
     uint64_t lru_hits = recency_stream(STRATA_L1_LRU, &lru_win);
     assert_true(win >= 40);                   /* grew from 2 (1 %) */
-    assert_true(hits * 100 >= lru_hits * 90); /* measured 46.7 % vs LRU 50.0 %, window 156 */
+    assert_true(hits * 100 >= lru_hits * 90); /* measured 49.6 % vs LRU 50.0 % (shadow LRU, D16) */
     strata_l1 *c;
     strata_l1_stats st;
     char k[32], buf[8];
