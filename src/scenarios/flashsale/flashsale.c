@@ -1743,6 +1743,16 @@ static int quiet_key(const fs_sweep *s, char *buf, size_t cap) {
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 
+/* Drops the sale's quiet marker (fire and forget): its grace starts again next time. */
+static void forget_quiet(const fs_sweep *s) {
+    char qk[128];
+    int ql = quiet_key(s, qk, sizeof qk);
+    const char *dv[2] = {"DEL", qk};
+    size_t dl[2] = {3, (size_t)ql};
+    if (ql > 0)
+        strata_redis_command_argv(s->sc->sweeper, NULL, NULL, NULL, 2, dv, dl);
+}
+
 /* SET quiet NX GET: nil the first time the sale is seen sold out and quiet (the grace
  * starts), else the time it was; after SWEEP_GRACE_MS the sale leaves the list. */
 static void on_sweep_quiet(void *ud, int status, const strata_redis_reply *r) {
@@ -1757,12 +1767,7 @@ static void on_sweep_quiet(void *ud, int status, const strata_redis_reply *r) {
         const char *argv[3] = {"SREM", SHARDED_SALES, m->str};
         size_t al[3] = {4, strlen(SHARDED_SALES), m->len};
         strata_redis_command_argv(s->sc->sweeper, NULL, NULL, NULL, 3, argv, al);
-        char qk[128];
-        int ql = quiet_key(s, qk, sizeof qk);
-        const char *dv[2] = {"DEL", qk};
-        size_t dl[2] = {3, (size_t)ql};
-        if (ql > 0)
-            strata_redis_command_argv(s->sc->sweeper, NULL, NULL, NULL, 2, dv, dl);
+        forget_quiet(s);
     }
     s->sale++;
     sweep_next_sale(s);
@@ -1803,14 +1808,8 @@ static void sweep_next_shard(fs_sweep *s) {
         sweep_call(s, &s_pending, on_sweep_pending, 2, keys, 2, args);
         return;
     }
-    if (s->pending > 0) { /* a reservation: the sold-out grace (if any) starts again */
-        char qk[128];
-        int ql = quiet_key(s, qk, sizeof qk);
-        const char *dv[2] = {"DEL", qk};
-        size_t dl[2] = {3, (size_t)ql};
-        if (ql > 0)
-            strata_redis_command_argv(s->sc->sweeper, NULL, NULL, NULL, 2, dv, dl);
-    }
+    if (s->pending > 0) /* a reservation: the sold-out grace (if any) starts again */
+        forget_quiet(s);
     if (s->pending == 0) { /* nothing pending: done with it once sold out (and quiet) */
         char flag[96];
         int fl = snprintf(flag, sizeof flag, "fsflag:{%s}", s->sku);
