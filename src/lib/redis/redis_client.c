@@ -1038,10 +1038,19 @@ void redis__set_master(strata_redis *r, rnode *n) {
     if (old == n)
         return;
     r->master = n;
-    if (n)
+    if (n) {
         snprintf(r->master_addr, sizeof(r->master_addr), "%s", n->addr);
-    else
+        /* Counted against the last master known, not the current one: a dead master is
+         * often dropped (NULL) before the sentinels name its successor. */
+        if (r->last_master[0] && strcmp(r->last_master, n->addr) != 0) {
+            r->stats.failovers++;
+            if (r->m.failovers)
+                strata_counter_inc(r->m.failovers);
+        }
+        snprintf(r->last_master, sizeof(r->last_master), "%s", n->addr);
+    } else {
         r->master_addr[0] = '\0';
+    }
     if (old) {
         old->retired = true;
         /* Queued requests go to the new master; in-flight ones finish on the

@@ -184,6 +184,7 @@ struct strata_redis {
     struct cluster_state *cl;
     struct tracking_state *trk;
     char master_addr[300];
+    char last_master[300]; /* the last non-NULL master: a change of it is a failover */
     uint64_t nlinks_made;
     uv_prepare_t prep; /* flushes deferred writes before the loop blocks */
     rlink *wq;         /* links with a deferred write */

@@ -57,14 +57,8 @@ static void q_reply(redisAsyncContext *ac, void *reply, void *priv) {
             if (n) {
                 s->good = l->index >= 0 ? (size_t)l->index : 0;
                 s->discovering = false;
-                if (r->master != n) {
-                    if (r->master) {
-                        r->stats.failovers++;
-                        if (r->m.failovers)
-                            strata_counter_inc(r->m.failovers);
-                    }
-                    redis__set_master(r, n);
-                }
+                if (r->master != n)
+                    redis__set_master(r, n); /* counts a failover if n is new */
                 redis__link_close(l);
                 return;
             }
@@ -165,10 +159,7 @@ static void sub_msg(redisAsyncContext *ac, void *reply, void *priv) {
     rnode *n = redis__node_get(r, newip, (uint16_t)newport, NULL);
     if (!n || n == r->master)
         return;
-    r->stats.failovers++;
-    if (r->m.failovers)
-        strata_counter_inc(r->m.failovers);
-    redis__set_master(r, n);
+    redis__set_master(r, n); /* counts the failover */
 }
 
 static void sub_ready(rlink *l) {
