@@ -538,6 +538,23 @@ static int64_t shards_sum(lg_verify *v, const char *sku, int64_t shards, const c
     return sum;
 }
 
+/* Whether column 0 of db holds every one of want[0..n) (false on ENOMEM too). */
+static bool rows_hold_all(const rows *db, const char *const *want, size_t n) {
+    if (n == 0)
+        return true;
+    pair *have = strata_calloc((size_t)db->n + 1, sizeof *have);
+    if (!have)
+        return false;
+    for (int i = 0; i < db->n; i++)
+        have[i].k = cell(db, i, 0) ? cell(db, i, 0) : "";
+    qsort(have, (size_t)db->n, sizeof *have, pair_cmp);
+    bool all = true;
+    for (size_t i = 0; i < n && all; i++)
+        all = pair_find(have, (size_t)db->n, want[i]) != NULL;
+    strata_free(have);
+    return all;
+}
+
 static bool fs_drained(lg_verify *v, const lg_fs_seen *s, int64_t *count) {
     char k[160];
     fs_meta m;
@@ -562,20 +579,7 @@ static bool fs_drained(lg_verify *v, const lg_fs_seen *s, int64_t *count) {
     if (dbq(v, &db, NULL, "SELECT order_id FROM orders WHERE sku = $1", 1, s->sku) != STRATA_OK)
         return false;
     *count += hlen + db.n;
-    bool drained = db.n >= hlen;
-    if (drained && s->n) {
-        pair *ids = strata_calloc((size_t)db.n + 1, sizeof *ids);
-        if (!ids) {
-            rows_free(&db);
-            return false;
-        }
-        for (int i = 0; i < db.n; i++)
-            ids[i].k = cell(&db, i, 0) ? cell(&db, i, 0) : "";
-        qsort(ids, (size_t)db.n, sizeof *ids, pair_cmp);
-        for (size_t i = 0; i < s->n && drained; i++)
-            drained = pair_find(ids, (size_t)db.n, s->order_ids[i]) != NULL;
-        strata_free(ids);
-    }
+    bool drained = db.n >= hlen && rows_hold_all(&db, s->order_ids, s->n);
     rows_free(&db);
     return drained;
 }
@@ -600,15 +604,19 @@ static bool settled(const lg_verify *v, settle_state *st, int64_t count, uint64_
     return v->settle_ms <= 0 || now - st->since_ms >= (uint64_t)v->settle_ms;
 }
 
-bool lg_verify_fs_drain(lg_verify *v, const lg_fs_seen *s, size_t nskus, int64_t drain_ms) {
+/* Polls every 50 ms, up to drain_ms, until one(v, item i, &count) holds for every item
+ * (and, with a settle time, count has not changed for that long). */
+static bool drain_loop(lg_verify *v, int64_t drain_ms, size_t n,
+                       bool (*one)(lg_verify *v, const void *items, size_t i, int64_t *count),
+                       const void *items) {
     uint64_t now = verify_now_ms();
     uint64_t deadline = now + (uint64_t)(drain_ms > 0 ? drain_ms : 0);
     settle_state st = {-1, now};
     for (;;) {
         bool all = true;
         int64_t count = 0;
-        for (size_t i = 0; i < nskus; i++)
-            all &= fs_drained(v, &s[i], &count);
+        for (size_t i = 0; i < n; i++)
+            all &= one(v, items, i, &count);
         now = verify_now_ms();
         if (settled(v, &st, count, now) && all)
             return true;
@@ -616,6 +624,14 @@ bool lg_verify_fs_drain(lg_verify *v, const lg_fs_seen *s, size_t nskus, int64_t
             return false;
         verify_nap_ms(50);
     }
+}
+
+static bool fs_drained_at(lg_verify *v, const void *items, size_t i, int64_t *count) {
+    return fs_drained(v, &((const lg_fs_seen *)items)[i], count);
+}
+
+bool lg_verify_fs_drain(lg_verify *v, const lg_fs_seen *s, size_t nskus, int64_t drain_ms) {
+    return drain_loop(v, drain_ms, nskus, fs_drained_at, s);
 }
 
 /* HGETALL as pairs (pointing into *reply, which the caller frees); NULL on failure. */
@@ -1039,20 +1055,7 @@ static bool rp_drained(lg_verify *v, const lg_rp_seen *s, int64_t *count) {
     if (dbq(v, &db, NULL, "SELECT user_id FROM grabs WHERE packet_id = $1", 1, s->id) != 0)
         return false;
     *count += hlen + db.n;
-    bool drained = db.n >= hlen;
-    if (drained && s->n) {
-        pair *u = strata_calloc((size_t)db.n + 1, sizeof *u);
-        if (!u) {
-            rows_free(&db);
-            return false;
-        }
-        for (int i = 0; i < db.n; i++)
-            u[i].k = cell(&db, i, 0) ? cell(&db, i, 0) : "";
-        qsort(u, (size_t)db.n, sizeof *u, pair_cmp);
-        for (size_t i = 0; i < s->n && drained; i++)
-            drained = pair_find(u, (size_t)db.n, s->users[i]) != NULL;
-        strata_free(u);
-    }
+    bool drained = db.n >= hlen && rows_hold_all(&db, s->users, s->n);
     rows_free(&db);
     if (!drained)
         return false;
@@ -1072,22 +1075,12 @@ static bool rp_drained(lg_verify *v, const lg_rp_seen *s, int64_t *count) {
     return drained;
 }
 
+static bool rp_drained_at(lg_verify *v, const void *items, size_t i, int64_t *count) {
+    return rp_drained(v, &((const lg_rp_seen *)items)[i], count);
+}
+
 bool lg_verify_rp_drain(lg_verify *v, const lg_rp_seen *s, size_t n, int64_t drain_ms) {
-    uint64_t now = verify_now_ms();
-    uint64_t deadline = now + (uint64_t)(drain_ms > 0 ? drain_ms : 0);
-    settle_state st = {-1, now};
-    for (;;) {
-        bool all = true;
-        int64_t count = 0;
-        for (size_t i = 0; i < n; i++)
-            all &= rp_drained(v, &s[i], &count);
-        now = verify_now_ms();
-        if (settled(v, &st, count, now) && all)
-            return true;
-        if (now >= deadline)
-            return false;
-        verify_nap_ms(50);
-    }
+    return drain_loop(v, drain_ms, n, rp_drained_at, s);
 }
 
 int lg_verify_rp(lg_verify *v, const lg_rp_seen *s, lg_violation_fn onv, void *fctx) {
