@@ -180,6 +180,10 @@ typedef struct l1_shadow {
     uint32_t probe_backoff, probe_wait;
     uint64_t miss_count, miss_freq; /* LRU mode: misses and their summed sketch frequency */
     uint64_t jumps, reverts, rejumps, probes;
+    /* the paired check of climber moves (policy.c paired_hold): the previous sample's
+     * gap to the shadow, (cache-only - LRU-only hits) / events, when gap_set */
+    double gap;
+    int gap_set;
 } l1_shadow;
 
 enum { L1_SHADOW_HIT = 0, L1_SHADOW_MISS = 1, L1_SHADOW_TOUCH = 2 };
