@@ -154,28 +154,40 @@ static int rebuild(strata_l1 *c, l1_seg *seg, size_t need) {
     return STRATA_OK;
 }
 
-int l1__table_put(strata_l1 *c, strata_l1_entry *e, uint16_t tag, strata_l1_entry **old) {
-    l1_seg *seg = seg_of(c, e->hash);
-    l1_table *t = atomic_load_explicit(&seg->tab, memory_order_relaxed);
+/* Segment lock held: the slot holding e's key in t (its entry in *found), or NULL. */
+static _Atomic uintptr_t *find_key(l1_table *t, const strata_l1_entry *e, uint16_t tag,
+                                   strata_l1_entry **found) {
     const void *key = l1_entry_keyp(e);
-    e->spare = tag;
-    *old = NULL;
     size_t n = t->n, i = slot_index(e->hash, n);
     for (size_t probes = 0; probes < n; probes++) {
-        uintptr_t s = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
+        uintptr_t s = atomic_load_explicit(&t->slots[i], memory_order_acquire);
         if (s == 0)
             break;
         if (s != L1_TOMB && (uint16_t)(s >> 48) == tag) {
             strata_l1_entry *x = slot_ptr(s);
             if (x->hash == e->hash && x->klen == e->klen &&
                 memcmp(l1_entry_keyp(x), key, e->klen) == 0) {
-                atomic_store_explicit(&t->slots[i], mkslot(e), memory_order_release);
-                *old = x;
-                return STRATA_OK;
+                *found = x;
+                return &t->slots[i];
             }
         }
         if (++i == n)
             i = 0;
+    }
+    return NULL;
+}
+
+int l1__table_put(strata_l1 *c, strata_l1_entry *e, uint16_t tag, strata_l1_entry **old) {
+    l1_seg *seg = seg_of(c, e->hash);
+    l1_table *t = atomic_load_explicit(&seg->tab, memory_order_relaxed);
+    e->spare = tag;
+    *old = NULL;
+    strata_l1_entry *x = NULL;
+    _Atomic uintptr_t *slot = find_key(t, e, tag, &x);
+    if (slot) {
+        atomic_store_explicit(slot, mkslot(e), memory_order_release);
+        *old = x;
+        return STRATA_OK;
     }
     if ((seg->live + seg->tombs + 1) * 4 > t->n * 3) {
         int rc = rebuild(c, seg, seg->live + 1);
@@ -193,27 +205,13 @@ int l1__table_put(strata_l1 *c, strata_l1_entry *e, uint16_t tag, strata_l1_entr
 strata_l1_entry *l1__table_swap(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
     l1_seg *seg = seg_of(c, e->hash);
     l1_table *t = atomic_load_explicit(&seg->tab, memory_order_relaxed);
-    const void *key = l1_entry_keyp(e);
     e->spare = tag;
-    size_t n = t->n, i = slot_index(e->hash, n);
-    for (size_t probes = 0; probes < n; probes++) {
-        uintptr_t s = atomic_load_explicit(&t->slots[i], memory_order_acquire);
-        if (s == 0)
-            return NULL;
-        if (s != L1_TOMB && (uint16_t)(s >> 48) == tag) {
-            strata_l1_entry *x = slot_ptr(s);
-            if (x->hash == e->hash && x->klen == e->klen &&
-                memcmp(l1_entry_keyp(x), key, e->klen) == 0) {
-                if (x->cost != e->cost || (x->flags & L1_F_TTL))
-                    return NULL;
-                atomic_store_explicit(&t->slots[i], mkslot(e), memory_order_release);
-                return x;
-            }
-        }
-        if (++i == n)
-            i = 0;
-    }
-    return NULL;
+    strata_l1_entry *x = NULL;
+    _Atomic uintptr_t *slot = find_key(t, e, tag, &x);
+    if (!slot || x->cost != e->cost || (x->flags & L1_F_TTL))
+        return NULL;
+    atomic_store_explicit(slot, mkslot(e), memory_order_release);
+    return x;
 }
 
 bool l1__table_remove(strata_l1 *c, strata_l1_entry *e) {
