@@ -1638,6 +1638,15 @@ static void sweep_call(fs_sweep *s, const strata_redis_script *script, strata_re
         sweep_end(s);
 }
 
+/* A plain command of the sweep's chain (cb continues it); a refusal ends the sweep. */
+static void sweep_command(fs_sweep *s, strata_redis_cb cb, int argc, const char *const *argv,
+                          const size_t *al) {
+    strata_redis_call call = {0};
+    call.timeout_ms = 2000;
+    if (strata_redis_command_argv(s->sc->sweeper, &call, cb, s, argc, argv, al) != STRATA_OK)
+        sweep_end(s);
+}
+
 static void sweep_keys(const fs_sweep *s, int shard, fs_keys *fk, const char *user) {
     make_keys(fk, s->sku, user, s->shards, shard);
 }
@@ -1786,11 +1795,7 @@ static void on_sweep_flag(void *ud, int status, const strata_redis_reply *r) {
             snprintf(now, sizeof now, "%lld", (long long)strata_clock_wall_ms(s->sc->env.clock));
         const char *argv[7] = {"SET", qk, now, "NX", "GET", "PX", "86400000"};
         size_t al[7] = {3, (size_t)ql, (size_t)nl, 2, 3, 2, 8};
-        strata_redis_call call = {0};
-        call.timeout_ms = 2000;
-        if (strata_redis_command_argv(s->sc->sweeper, &call, on_sweep_quiet, s, 7, argv, al) !=
-            STRATA_OK)
-            sweep_end(s);
+        sweep_command(s, on_sweep_quiet, 7, argv, al);
         return;
     }
     s->sale++;
@@ -1815,11 +1820,7 @@ static void sweep_next_shard(fs_sweep *s) {
         int fl = snprintf(flag, sizeof flag, "fsflag:{%s}", s->sku);
         const char *argv[2] = {"GET", flag};
         size_t al[2] = {3, (size_t)fl};
-        strata_redis_call call = {0};
-        call.timeout_ms = 2000;
-        if (strata_redis_command_argv(s->sc->sweeper, &call, on_sweep_flag, s, 2, argv, al) !=
-            STRATA_OK)
-            sweep_end(s);
+        sweep_command(s, on_sweep_flag, 2, argv, al);
         return;
     }
     s->sale++;
