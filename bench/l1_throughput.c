@@ -11,7 +11,8 @@
  * pass of the stream; 100 % reads, 90/10 and 75/25 read/write.  A read is the
  * `get` the server uses: copy-out into a caller buffer (--read-api copy), or
  * acquire + release of a reference (ref).  A write is strata_l1_set with an
- * 8-byte value.  Each (mix, threads) cell runs `rounds` timed rounds of
+ * 8-byte value; the table counts the sets that took the fast replace and
+ * fast insert paths (docs/notes/l1.md D15, D18).  Each (mix, threads) cell runs `rounds` timed rounds of
  * `ops` operations per thread; the median is reported.
  *
  * Also measures the memory overhead per entry: allocator bytes in use (the
@@ -165,7 +166,8 @@ static int run(strata_bench *b) {
                         0x9E3779B97F4A7C15ULL + (uint64_t)t * 7919);
     static const int wpct[3] = {0, 10, 25};
     static const char *mnames[3] = {"read100", "read90", "read75"};
-    strata_bench_table_header(b, "mix|threads|Mops/s (median)|min|max|hit_ratio");
+    strata_bench_table_header(
+        b, "mix|threads|Mops/s (median)|min|max|hit_ratio|fast_replaces|fast_inserts");
     for (int m = 0; m < 3 && rc == STRATA_OK; m++) {
         if (mix != 0 && mix != m + 1)
             continue;
@@ -212,8 +214,10 @@ static int run(strata_bench *b) {
             strata_l1_destroy(&c);
             qsort(res, (size_t)rounds, sizeof(double), cmp_double);
             double med = res[rounds / 2];
-            strata_bench_table_row(b, "%s|%d|%.2f|%.2f|%.2f|%.1f%%", mnames[m], threads, med / 1e6,
-                                   res[0] / 1e6, res[rounds - 1] / 1e6, hr);
+            strata_bench_table_row(b, "%s|%d|%.2f|%.2f|%.2f|%.1f%%|%llu|%llu", mnames[m], threads,
+                                   med / 1e6, res[0] / 1e6, res[rounds - 1] / 1e6, hr,
+                                   (unsigned long long)(st1.fast_replaces - st0.fast_replaces),
+                                   (unsigned long long)(st1.fast_inserts - st0.fast_inserts));
             char key[64];
             snprintf(key, sizeof(key), "strata_%s_%dt", mnames[m], threads);
             strata_bench_kv(b, key, "%.0f", med);

@@ -88,6 +88,13 @@ typedef enum strata_l1_outcome {
  */
 typedef void (*strata_l1_listener_fn)(void *ctx, const strata_l1_entry *e, strata_l1_cause cause);
 
+/** When a set of an absent key may skip the writer lock (strata_l1_config.fast_insert). */
+typedef enum strata_l1_fast_insert {
+    STRATA_L1_FAST_INSERT_AUTO = 0, /* once the writer lock has been seen contended */
+    STRATA_L1_FAST_INSERT_OFF = 1,  /* never: every insert evicts under the writer lock */
+    STRATA_L1_FAST_INSERT_ON = 2,   /* from the start */
+} strata_l1_fast_insert;
+
 /** Cache configuration; start from strata_l1_config_init(). */
 typedef struct strata_l1_config {
     uint64_t capacity;         /* maximum total cost, > 0 */
@@ -111,8 +118,11 @@ typedef struct strata_l1_config {
     int fast_replace; /* default 1: a set that replaces a present key's value at the same cost,
                          neither old nor new value with a TTL, takes only the key's segment
                          lock; the policy applies the replacement later (docs/notes/l1.md D15).
-                         Ignored (off) when a listener is set: the listener's REPLACED call then
-                         always happens before the set returns. */
+                         Ignored (off) when a listener is set: the listener's REPLACED call
+                         then always happens before the set returns. */
+    strata_l1_fast_insert fast_insert; /* with fast_replace: when a set without TTL of an
+                         absent key takes only its segment lock while the cache has room for
+                         it (D18); default AUTO: once the writer lock was seen contended. */
 } strata_l1_config;
 
 /** Per-set options (NULL = defaults). */
@@ -132,6 +142,7 @@ typedef struct strata_l1_stats {
     uint64_t entries, cost, capacity;
     uint64_t window_max;    /* current W-TinyLFU window size (cost units) */
     uint64_t fast_replaces; /* sets that took the fast replace path (also counted as REPLACED) */
+    uint64_t fast_inserts;  /* sets of an absent key that took the fast path (D18) */
 } strata_l1_stats;
 
 /** Fills cfg with the defaults (capacity 10000 entries, W-TinyLFU adaptive). */

@@ -17,7 +17,10 @@
  *            replaces a present key's value at the same cost, without TTL
  *            (~80 % of the sets of a Zipf read/write mix), takes only the
  *            key's segment lock and leaves the policy update to the next
- *            writer-lock holder ("fast replaces", below; docs/notes/l1.md D15).
+ *            writer-lock holder ("fast replaces", below; docs/notes/l1.md D15);
+ *            once the writer lock has been seen contended, so does a set
+ *            without TTL of an absent key while the cache has room for it
+ *            ("fast inserts", below; D18).
  *
  * Removed entries go through two steps before their memory is freed: the
  * eviction listener (called after the lock is released), then the retire
@@ -43,9 +46,10 @@
 #include "strata/alloc.h"
 #include "strata/status.h"
 
-#define MAX_KEY     65536
-#define MAX_VALUE   (1u << 31)
-#define MAINT_EVERY 32
+#define MAX_KEY           65536
+#define FAST_INSERT_SLACK 256 /* contended: 1/256 of the capacity is kept free for fast inserts */
+#define MAX_VALUE         (1u << 31)
+#define MAINT_EVERY       32
 
 static _Thread_local uint64_t tls_rng;
 
@@ -74,6 +78,7 @@ void strata_l1_config_init(strata_l1_config *cfg) {
     cfg->doorkeeper = 0; /* measured: costs hit ratio at equal sketch size (docs/notes/l1.md) */
     cfg->jitter_pct = 10;
     cfg->fast_replace = 1;
+    cfg->fast_insert = STRATA_L1_FAST_INSERT_AUTO;
 }
 
 static uint64_t now_ns(const strata_l1 *c) { return strata_clock_now_ns(c->clock); }
@@ -136,6 +141,38 @@ static void retire(strata_l1 *c, strata_l1_entry *e, uint64_t epoch) {
  *   R5  with a listener the path is off: REPLACED is then reported before
  *       the set returns, as before. */
 
+/* ---- fast inserts (docs/notes/l1.md D18) -----------------------------------
+ *
+ * A set without TTL of an absent key, in a cache whose writer lock has been
+ * seen contended (c->fast_ins_on, set by lock() unless cfg.fast_insert says
+ * OFF or ON: a cache used from one thread never takes this path, so its
+ * policy decisions stay exactly those of the locked path), does not take the
+ * writer lock either: under the key's
+ * segment lock it takes the entry's cost from c->credit, adds the entry to
+ * the table (l1__table_add: never a rebuild) and pushes it on the segment's
+ * pending list with prev = NULL; the writer-lock holder later adds it to the
+ * policy (apply_event), in order with the key's other events (settle_key).
+ *
+ * The bound: c->credit is cost the writer-lock holder has granted, and
+ * c->granted (lock) counts the credit granted and not yet applied, whether
+ * still unclaimed, claimed by a set in flight, or pending in a segment.
+ * Every lock holder keeps total_cost + granted <= capacity: rebalance()
+ * takes the unclaimed credit back, evicts down to capacity - granted (less
+ * `slack`, the room kept free for the next fast inserts), then grants what is
+ * left.  So the table's cost never exceeds the capacity once a set returns,
+ * whichever path it took.  A set that finds no credit takes the locked path,
+ * which evicts before it returns, as before.
+ *
+ * Rules, in addition to R1-R5:
+ *   R6  a fast insert checks, under the segment lock, that no load is mapped
+ *       for the segment (seg->nloads, changed under that lock by load_map /
+ *       load_unmap; a load is mapped under the same lock as the check that its
+ *       key is absent), so "a set wins over an in-flight load" needs no
+ *       writer lock: such a set takes the locked path, which drops the load.
+ *   R7  a pending insert is L1_Q_PENDING like a pending replace (R3), and
+ *       settle_key / drain_writes apply a key's inserts and replaces in the
+ *       order they were made (the pending list is per segment, FIFO). */
+
 static void l1_retire_or_notify(strata_l1 *c, strata_l1_entry *e, strata_l1_cause cause) {
     c->n_evict[cause]++;
     if (c->cfg.listener) {
@@ -147,9 +184,17 @@ static void l1_retire_or_notify(strata_l1 *c, strata_l1_entry *e, strata_l1_caus
     }
 }
 
-/* Writer lock held: nw takes the place of the entry it replaced (nw->prev). */
-static void apply_replace(strata_l1 *c, strata_l1_entry *nw) {
+/* Writer lock held: a pending insert (nw->prev == NULL) joins the policy;
+ * a pending replace takes the place of the entry it replaced (nw->prev). */
+static void apply_event(strata_l1 *c, strata_l1_entry *nw) {
     strata_l1_entry *old = nw->prev;
+    if (!old) {
+        nw->next = NULL;
+        l1__policy_add(c, nw);
+        c->granted -= nw->cost;
+        c->n_fast_ins++;
+        return;
+    }
     l1__policy_replace(c, old, nw);
     c->n_fast++;
     l1_retire_or_notify(c, old, STRATA_L1_CAUSE_REPLACED);
@@ -181,7 +226,7 @@ static strata_l1_entry *settle_key(strata_l1 *c, l1_seg *seg, strata_l1_entry *e
     strata_l1_entry *cur = e;
     while (mine) {
         strata_l1_entry *nx = mine->next;
-        apply_replace(c, mine);
+        apply_event(c, mine);
         cur = mine;
         mine = nx;
     }
@@ -189,28 +234,32 @@ static strata_l1_entry *settle_key(strata_l1 *c, l1_seg *seg, strata_l1_entry *e
 }
 
 /* Writer lock held: applies b[0..n) in order, prefetching as drain() does:
- * the replaced entry 2 x REPLACE_AHEAD events ahead, its list neighbours and
- * sketch words REPLACE_AHEAD ahead. */
+ * a replace's replaced entry 2 x REPLACE_AHEAD events ahead, its list
+ * neighbours and sketch words REPLACE_AHEAD ahead (an insert's own sketch
+ * words). */
 #define REPLACE_AHEAD 4
 static void apply_batch(strata_l1 *c, strata_l1_entry **b, unsigned n) {
     bool counting = c->sketch_on && c->cfg.policy != STRATA_L1_LRU;
     for (unsigned i = 0; i < n && i < 2 * REPLACE_AHEAD; i++)
-        __builtin_prefetch(b[i]->prev, 1, 1);
+        if (b[i]->prev)
+            __builtin_prefetch(b[i]->prev, 1, 1);
     for (unsigned i = 0; i < n; i++) {
-        if (i + 2 * REPLACE_AHEAD < n)
+        if (i + 2 * REPLACE_AHEAD < n && b[i + 2 * REPLACE_AHEAD]->prev)
             __builtin_prefetch(b[i + 2 * REPLACE_AHEAD]->prev, 1, 1);
         if (i + REPLACE_AHEAD < n) {
             const strata_l1_entry *old = b[i + REPLACE_AHEAD]->prev;
-            __builtin_prefetch(old->prev, 1, 1);
-            __builtin_prefetch(old->next, 1, 1);
+            if (old) {
+                __builtin_prefetch(old->prev, 1, 1);
+                __builtin_prefetch(old->next, 1, 1);
+            }
             if (counting)
-                l1__sketch_prefetch(&c->sketch, old->hash);
+                l1__sketch_prefetch(&c->sketch, b[i + REPLACE_AHEAD]->hash);
         }
-        apply_replace(c, b[i]);
+        apply_event(c, b[i]);
     }
 }
 
-/* Writer lock held: applies every pending replace. */
+/* Writer lock held: applies every pending fast write. */
 static void drain_writes(strata_l1 *c) {
     if (!atomic_load_explicit(&c->pending_mask, memory_order_relaxed))
         return;
@@ -278,6 +327,9 @@ static inline void cpu_relax(void) {
 static void lock(strata_l1 *c) {
     if (pthread_mutex_trylock(&c->lock) == 0)
         return;
+    if (c->cfg.fast_insert == STRATA_L1_FAST_INSERT_AUTO &&
+        !atomic_load_explicit(&c->fast_ins_on, memory_order_relaxed))
+        atomic_store_explicit(&c->fast_ins_on, 1, memory_order_relaxed); /* contended */
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
@@ -353,6 +405,32 @@ static void drain(strata_l1 *c) {
     }
 }
 
+/* Writer lock held: evicts down to the capacity and, once the lock has been
+ * seen contended, keeps the fast inserts' credit topped up (see "fast
+ * inserts"): unclaimed credit is taken back, the policy evicts down to
+ * capacity - granted - slack, and what is left up to the capacity is granted
+ * again.  Uncontended it is the plain "evict down to capacity". */
+static void rebalance(strata_l1 *c) {
+    bool fast = atomic_load_explicit(&c->fast_ins_on, memory_order_relaxed) && c->fast_replace;
+    if (fast) {
+        int64_t back = atomic_exchange_explicit(&c->credit, 0, memory_order_relaxed);
+        c->granted -= (uint64_t)back;
+        uint64_t keep = c->granted + c->slack;
+        c->evict_to = keep < c->capacity ? c->capacity - keep : 0;
+    }
+    if (c->total_cost > c->evict_to || c->window_size > c->window_max)
+        l1__policy_evict(c);
+    if (fast) {
+        uint64_t used = c->total_cost + c->granted;
+        if (used < c->capacity) {
+            c->granted += c->capacity - used;
+            atomic_fetch_add_explicit(&c->credit, (int64_t)(c->capacity - used),
+                                      memory_order_relaxed);
+        }
+        c->evict_to = c->capacity;
+    }
+}
+
 static void expire_cb(void *ctx, strata_l1_entry *e) {
     l1__evict((strata_l1 *)ctx, e, STRATA_L1_CAUSE_EXPIRED);
 }
@@ -405,8 +483,7 @@ static void maintain_locked(strata_l1 *c, bool full) {
     drain(c);
     if (c->has_ttl)
         l1__wheel_advance(&c->wheel, now_ns(c), expire_cb, c);
-    if (c->total_cost > c->capacity || c->window_size > c->window_max)
-        l1__policy_evict(c);
+    rebalance(c);
     l1__policy_climb(c);
     if (full) {
         l1__reclaim(c, epoch);
@@ -462,7 +539,8 @@ int strata_l1_create(const strata_l1_config *cfg, strata_l1 **out) {
     *out = NULL;
     if (!cfg || cfg->capacity == 0 || cfg->jitter_pct > 50 || cfg->window_pct <= 0 ||
         cfg->window_pct >= 1 || (unsigned)cfg->policy > STRATA_L1_WTINYLFU_FIXED ||
-        (unsigned)cfg->weigh > STRATA_L1_WEIGH_BYTES || cfg->refresh_beta < 0)
+        (unsigned)cfg->weigh > STRATA_L1_WEIGH_BYTES || cfg->refresh_beta < 0 ||
+        (unsigned)cfg->fast_insert > STRATA_L1_FAST_INSERT_ON)
         return STRATA_EINVAL;
     strata_l1 *c = strata_calloc(1, sizeof(*c));
     if (!c)
@@ -501,6 +579,10 @@ int strata_l1_create(const strata_l1_config *cfg, strata_l1 **out) {
         pthread_mutex_init(&c->segs[i].lock, &ma);
     pthread_mutexattr_destroy(&ma);
     c->fast_replace = cfg->fast_replace && !cfg->listener; /* R5 */
+    c->evict_to = c->capacity;
+    if (cfg->fast_insert == STRATA_L1_FAST_INSERT_ON)
+        atomic_store_explicit(&c->fast_ins_on, 1, memory_order_relaxed);
+    c->slack = c->capacity / FAST_INSERT_SLACK; /* measured: docs/notes/l1.md D18 */
     l1__wheel_init(&c->wheel, now_ns(c));
     if (c->cfg.metrics)
         register_metrics(c);
@@ -651,12 +733,19 @@ static void load_unmap(strata_l1 *c, strata_l1_load *ld) {
     if (*pp) {
         *pp = ld->hnext;
         c->nloads--;
+        l1_seg *seg = l1__seg_of(c, ld->hash);
+        pthread_mutex_lock(&seg->lock); /* R6 */
+        seg->nloads--;
+        pthread_mutex_unlock(&seg->lock);
     }
     ld->hnext = NULL;
     ld->mapped = false;
 }
 
+/* Writer lock and the key's segment lock held, the key checked absent or
+ * current under the latter (R6). */
 static void load_map(strata_l1 *c, strata_l1_load *ld) {
+    l1__seg_of(c, ld->hash)->nloads++;
     if (c->nloads >= c->loads_cap) { /* grow; on ENOMEM chains just get longer */
         size_t ncap = c->loads_cap * 2;
         strata_l1_load **nb = strata_calloc(ncap, sizeof(*nb));
@@ -720,11 +809,9 @@ static int store_locked(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
     }
     /* Evict down to capacity; the new entry itself is never the one to go
      * while anything else can (read-your-write: no silently dropped set). */
-    if (c->total_cost > c->capacity || c->window_size > c->window_max) {
-        c->pinned = e;
-        l1__policy_evict(c);
-        c->pinned = NULL;
-    }
+    c->pinned = e;
+    rebalance(c);
+    c->pinned = NULL;
     return STRATA_OK;
 }
 
@@ -734,20 +821,48 @@ static void fill_ttl(strata_l1_entry *e, uint64_t now, uint64_t soft, uint64_t s
     t->hard_ns = t->soft_ns + stale;
 }
 
-#define FAST_DRAIN_EVERY 8  /* pending replaces per segment before a set tries to apply them */
+#define FAST_DRAIN_EVERY 8  /* pending writes per segment before a set tries to apply them */
 #define FAST_DRAIN_FORCE 64 /* ... before it waits for the writer lock to apply them */
 
-/* The fast replace (see the comment at the top of the file).  e is private
- * (no TTL); returns false, changing nothing, when e's key is absent or its
- * entry differs in cost or has a TTL: the caller takes the locked path. */
-static bool fast_replace(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
+/* Seg's lock held: takes cost from the fast inserts' credit, if there is that much. */
+static bool claim_credit(strata_l1 *c, uint32_t cost, int64_t *left) {
+    int64_t cr = atomic_load_explicit(&c->credit, memory_order_relaxed);
+    do {
+        if (cr < (int64_t)cost)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&c->credit, &cr, cr - (int64_t)cost,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    *left = cr - (int64_t)cost;
+    return true;
+}
+
+/* The fast replace and the fast insert (see the comments at the top of the
+ * file).  e is private (no TTL); returns false, changing nothing, when e's
+ * key is present with a different cost or a TTL, or absent while fast
+ * inserts are off, a load is mapped in the segment (R6), the credit is short
+ * or the segment needs a rebuild: the caller then takes the locked path. */
+static bool fast_write(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
     l1_seg *seg = l1__seg_of(c, e->hash);
+    bool absent = false, done = false, insert = false;
+    int64_t left = INT64_MAX;
     e->queue = L1_Q_PENDING; /* R3: written before the slot store publishes e */
     pthread_mutex_lock(&seg->lock);
-    strata_l1_entry *old = l1__table_swap(c, e, tag);
-    uint32_t n = 0;
+    strata_l1_entry *old = l1__table_swap(c, e, tag, &absent);
     if (old) {
         e->prev = old;
+        done = true;
+    } else if (absent && seg->nloads == 0 &&
+               atomic_load_explicit(&c->fast_ins_on, memory_order_relaxed) &&
+               claim_credit(c, e->cost, &left)) {
+        if (l1__table_add(c, e)) {
+            e->prev = NULL; /* an insert (R7) */
+            done = insert = true;
+        } else {
+            atomic_fetch_add_explicit(&c->credit, (int64_t)e->cost, memory_order_relaxed);
+        }
+    }
+    uint32_t n = 0;
+    if (done) {
         e->next = seg->pending;
         if (!seg->pending)
             atomic_fetch_or_explicit(&c->pending_mask, 1ULL << (seg - c->segs),
@@ -756,16 +871,24 @@ static bool fast_replace(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
         n = ++seg->npending;
     }
     pthread_mutex_unlock(&seg->lock);
-    if (!old) {
+    if (!done) {
         e->queue = L1_Q_NONE;
         return false;
     }
-    if (n % FAST_DRAIN_EVERY == 0) {
+    /* Apply the segment's events every FAST_DRAIN_EVERY, and top the credit
+     * up when it runs low, if the lock is free; wait for it when a segment
+     * has FAST_DRAIN_FORCE events queued. */
+    bool low = left < (int64_t)(c->slack / 2 + 1);
+    if (n % FAST_DRAIN_EVERY == 0 || low) {
         if (n >= FAST_DRAIN_FORCE)
             lock(c);
         else if (pthread_mutex_trylock(&c->lock) != 0)
             return true;
+        /* an insert is not its own victim (read-your-write); e may be applied,
+         * even evicted by now: it is only compared with */
+        c->pinned = insert ? e : NULL;
         maintain_locked(c, (++c->ops_since_reclaim % MAINT_EVERY) == 0);
+        c->pinned = NULL;
         unlock(c);
     }
     return true;
@@ -794,7 +917,7 @@ int strata_l1_set(strata_l1 *c, const void *key, size_t klen, const void *val, s
     e->cost = cost;
     if (ttl)
         fill_ttl(e, now_ns(c), ttl, stale);
-    if (c->fast_replace && !ttl && fast_replace(c, e, tag))
+    if (c->fast_replace && !ttl && fast_write(c, e, tag))
         return STRATA_OK;
     lock(c);
     int rc = store_locked(c, e, tag);
@@ -1008,25 +1131,29 @@ static strata_l1_load *load_new(strata_l1 *c, const void *key, size_t klen, uint
     return ld;
 }
 
-/* Starts a background refresh of key if none is in flight (lock not held). */
-static void start_refresh(strata_l1 *c, const void *key, size_t klen, uint32_t hash,
-                          strata_l1_loader_fn loader, void *loader_ctx) {
+/* Starts a background refresh of key (lock not held) if none is in flight
+ * and `seen`, the entry the caller read, is still the key's: a set or an
+ * invalidation since then wins over the refresh as over any load. */
+static void start_refresh(strata_l1 *c, const void *key, size_t klen, uint32_t hash, uint16_t tag,
+                          const strata_l1_entry *seen, strata_l1_loader_fn loader,
+                          void *loader_ctx) {
     lock(c);
-    if (*load_slot(c, key, klen, hash)) {
-        unlock(c);
-        return;
+    l1_seg *seg = l1__seg_of(c, hash);
+    pthread_mutex_lock(&seg->lock);
+    strata_l1_load *ld = NULL;
+    if (l1__table_find(c, key, klen, hash, tag) == seen && !*load_slot(c, key, klen, hash)) {
+        ld = load_new(c, key, klen, hash); /* NULL: the current value keeps being served */
+        if (ld) {
+            ld->refresh = true;
+            load_map(c, ld);
+            c->n_loads++;
+            c->n_refresh++;
+        }
     }
-    strata_l1_load *ld = load_new(c, key, klen, hash);
-    if (!ld) {
-        unlock(c);
-        return; /* no memory: the current value keeps being served */
-    }
-    ld->refresh = true;
-    load_map(c, ld);
-    c->n_loads++;
-    c->n_refresh++;
+    pthread_mutex_unlock(&seg->lock);
     unlock(c);
-    loader(loader_ctx, ld, ld->key, ld->klen);
+    if (ld)
+        loader(loader_ctx, ld, ld->key, ld->klen);
 }
 
 static bool xfetch_due(const strata_l1 *c, const strata_l1_entry *e, uint64_t now) {
@@ -1054,25 +1181,30 @@ int strata_l1_get_or_load(strata_l1 *c, const void *key, size_t klen, strata_l1_
         *pe = rx.ref;
         uint64_t now = rx.now ? rx.now : now_ns(c);
         if (rc == STRATA_L1_STALE || (rc == STRATA_L1_HIT && xfetch_due(c, rx.ref, now)))
-            start_refresh(c, key, klen, hash, loader, loader_ctx);
+            start_refresh(c, key, klen, hash, tag, rx.ref, loader, loader_ctx);
         return rc;
     }
     lock(c);
-    /* Re-check under the lock: a load may have completed since the read. */
+    /* Re-check under the lock: a load may have completed since the read.  The
+     * segment lock is held from the check to the load's mapping (R6). */
+    l1_seg *seg = l1__seg_of(c, hash);
+    pthread_mutex_lock(&seg->lock);
     strata_l1_entry *e = l1__table_find(c, key, klen, hash, tag);
     if (e) {
         uint64_t now = 0;
         int oc = classify(c, e, &now);
         if (oc >= 0) {
             *pe = strata_l1_acquire_entry(e);
+            pthread_mutex_unlock(&seg->lock);
             unlock(c);
             if (oc == STRATA_L1_STALE)
-                start_refresh(c, key, klen, hash, loader, loader_ctx);
+                start_refresh(c, key, klen, hash, tag, e, loader, loader_ctx);
             return oc;
         }
     }
     strata_l1_load *ld = *load_slot(c, key, klen, hash);
     if (ld) {
+        pthread_mutex_unlock(&seg->lock);
         if (!ld->first.done) { /* a background refresh: become its first waiter */
             ld->first.done = done;
             ld->first.ud = ud;
@@ -1092,15 +1224,16 @@ int strata_l1_get_or_load(strata_l1 *c, const void *key, size_t klen, strata_l1_
         return STRATA_L1_PENDING;
     }
     ld = load_new(c, key, klen, hash);
-    if (!ld) {
-        unlock(c);
-        return STRATA_ENOMEM;
+    if (ld) {
+        ld->first.done = done;
+        ld->first.ud = ud;
+        load_map(c, ld);
+        c->n_loads++;
     }
-    ld->first.done = done;
-    ld->first.ud = ud;
-    load_map(c, ld);
-    c->n_loads++;
+    pthread_mutex_unlock(&seg->lock);
     unlock(c);
+    if (!ld)
+        return STRATA_ENOMEM;
     loader(loader_ctx, ld, ld->key, ld->klen);
     return STRATA_L1_PENDING;
 }
@@ -1239,6 +1372,7 @@ void strata_l1_stats_get(strata_l1 *c, strata_l1_stats *out) {
     lock(c);
     drain_writes(c);
     out->fast_replaces = c->n_fast;
+    out->fast_inserts = c->n_fast_ins;
     out->loads = c->n_loads;
     out->load_failures = c->n_load_fail;
     out->loads_dropped = c->n_dropped;
@@ -1256,6 +1390,7 @@ void strata_l1_stats_get(strata_l1 *c, strata_l1_stats *out) {
 
 uint64_t strata_l1_size(strata_l1 *c) {
     lock(c);
+    drain_writes(c); /* pending fast inserts count */
     uint64_t n = c->entries;
     unlock(c);
     return n;
@@ -1263,6 +1398,7 @@ uint64_t strata_l1_size(strata_l1 *c) {
 
 uint64_t strata_l1_cost(strata_l1 *c) {
     lock(c);
+    drain_writes(c);
     uint64_t n = c->total_cost;
     unlock(c);
     return n;

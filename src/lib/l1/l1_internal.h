@@ -28,7 +28,7 @@
 
 #include "strata/l1.h"
 
-/* L1_Q_PENDING: published in the table by a fast replace (l1.c), not yet in the policy. */
+/* L1_Q_PENDING: published in the table by a fast write (l1.c), not yet in the policy. */
 enum { L1_Q_NONE = 0, L1_Q_WINDOW = 1, L1_Q_PROBATION = 2, L1_Q_PROTECTED = 3, L1_Q_PENDING = 4 };
 enum { L1_F_TTL = 1u << 0, L1_F_NEG = 1u << 1 };
 
@@ -96,15 +96,17 @@ typedef struct l1_table {
 } l1_table;
 
 /* A segment.  `lock` orders every write of its table: the writer-lock
- * holder takes it around table_put/table_remove, a fast replace (l1.c) takes
- * it alone.  `pending` lists the fast replaces not yet applied to the policy
+ * holder takes it around table_put/table_remove, a fast write (l1.c) takes
+ * it alone.  `pending` lists the fast writes not yet applied to the policy
  * (newest first, linked through the new entry's `next`; the new entry's
- * `prev` names the entry it replaced), under `lock`. */
+ * `prev` names the entry it replaced, NULL for an insert), under `lock`. */
 typedef struct l1_seg {
     _Atomic(l1_table *) tab;
     size_t live, tombs;
     strata_l1_entry *pending;
     uint32_t npending;
+    uint32_t
+        nloads; /* loads mapped for this segment's keys (under `lock`: fast inserts check it) */
     pthread_mutex_t lock;
     char pad[128 - 40 - sizeof(pthread_mutex_t)]; /* two cache lines per segment (no _Alignas:
                                                      the cache comes from strata_calloc) */
@@ -253,8 +255,15 @@ struct strata_l1 {
     strata_clock *clock;
     pthread_mutex_t lock; /* the writer lock: table writes, policy, wheel, loads */
     _Atomic int drain_pending;
-    _Atomic uint64_t pending_mask; /* bit k: segment k has fast replaces to apply */
+    _Atomic uint64_t pending_mask; /* bit k: segment k has fast writes to apply */
     int fast_replace;              /* cfg.fast_replace && no listener */
+    /* fast inserts (l1.c): the cost they may still add without the writer
+     * lock, granted by the lock holder once the lock was seen contended */
+    _Atomic int64_t credit;
+    _Atomic int fast_ins_on; /* fast inserts enabled (cfg.fast_insert, or seen contended) */
+    uint64_t granted;        /* (lock) credit granted and not yet applied as an insert */
+    uint64_t slack;          /* (lock) cost kept free for fast inserts when contended */
+    uint64_t evict_to;       /* (lock) l1__policy_evict's target: capacity less granted and slack */
 
     /* policy (lock) */
     l1_list window, probation, protected_;
@@ -294,7 +303,7 @@ struct strata_l1 {
     size_t nloads, loads_cap;
 
     /* counters (lock) */
-    uint64_t n_loads, n_load_fail, n_dropped, n_joins, n_refresh, n_fast;
+    uint64_t n_loads, n_load_fail, n_dropped, n_joins, n_refresh, n_fast, n_fast_ins;
     uint64_t n_evict[STRATA_L1_CAUSE__COUNT];
 
     /* metrics handles, and what was already reported to them (lock) */
@@ -321,8 +330,13 @@ int l1__table_put(strata_l1 *c, strata_l1_entry *e, uint16_t tag, strata_l1_entr
 bool l1__table_remove(strata_l1 *c, strata_l1_entry *e);
 /* The segment's lock held (writer lock NOT needed).  If the slot of e's key
  * holds an entry x with the same cost and no TTL, stores e there and returns x;
- * otherwise changes nothing and returns NULL. */
-strata_l1_entry *l1__table_swap(strata_l1 *c, strata_l1_entry *e, uint16_t tag);
+ * otherwise changes nothing and returns NULL, with *absent telling whether
+ * the key is absent. */
+strata_l1_entry *l1__table_swap(strata_l1 *c, strata_l1_entry *e, uint16_t tag, bool *absent);
+/* The segment's lock held (writer lock NOT needed), e's key absent and its
+ * tag set (by l1__table_swap): adds e unless the segment needs a rebuild
+ * (then returns false, changing nothing). */
+bool l1__table_add(strata_l1 *c, strata_l1_entry *e);
 /* Writer lock held.  Calls fn on every live entry (fn may remove the entry it is given). */
 void l1__table_foreach(strata_l1 *c, void (*fn)(void *ctx, strata_l1_entry *e), void *ctx);
 /* Frees retired tables, and moves the retired entries that no reader can

@@ -333,7 +333,7 @@ static void evict_from_main(strata_l1 *c, int candidates) {
     int vq = Q_PROB, cq = Q_PROB;
     strata_l1_entry *victim = list_first(&c->probation);
     strata_l1_entry *cand = list_last(&c->probation);
-    while (c->total_cost > c->capacity) {
+    while (c->total_cost > c->evict_to) {
         if (candidates <= 0 && cq == Q_PROB) {
             cand = list_first(&c->window);
             cq = Q_WIN;
@@ -409,7 +409,7 @@ static void evict_from_main(strata_l1 *c, int candidates) {
 
 void l1__policy_evict(strata_l1 *c) {
     if (!wtinylfu(c)) {
-        while (c->total_cost > c->capacity) {
+        while (c->total_cost > c->evict_to) {
             strata_l1_entry *e = list_first(&c->window);
             if (!e)
                 break;

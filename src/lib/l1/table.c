@@ -10,8 +10,9 @@
  *
  * so a probe dereferences an entry only when 16 hash bits already match.
  * Readers load slots with acquire and never write; a writer (holding the
- * segment's lock: the writer-lock holder, or a fast replace in l1.c, which
- * only swaps one entry of a key for another) publishes an entry with one
+ * segment's lock: the writer-lock holder, or a fast write in l1.c, which
+ * swaps one entry of a key for another or adds an absent key's entry where
+ * that needs no rebuild) publishes an entry with one
  * release store, so a reader sees either the old or the new pointer, never a
  * torn state.  Entries never move
  * between slots while an array is live, so a reader cannot miss a present
@@ -202,16 +203,29 @@ int l1__table_put(strata_l1 *c, strata_l1_entry *e, uint16_t tag, strata_l1_entr
     return STRATA_OK;
 }
 
-strata_l1_entry *l1__table_swap(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
+strata_l1_entry *l1__table_swap(strata_l1 *c, strata_l1_entry *e, uint16_t tag, bool *absent) {
     l1_seg *seg = seg_of(c, e->hash);
     l1_table *t = atomic_load_explicit(&seg->tab, memory_order_relaxed);
     e->spare = tag;
     strata_l1_entry *x = NULL;
     _Atomic uintptr_t *slot = find_key(t, e, tag, &x);
+    *absent = slot == NULL;
     if (!slot || x->cost != e->cost || (x->flags & L1_F_TTL))
         return NULL;
     atomic_store_explicit(slot, mkslot(e), memory_order_release);
     return x;
+}
+
+bool l1__table_add(strata_l1 *c, strata_l1_entry *e) {
+    l1_seg *seg = seg_of(c, e->hash);
+    l1_table *t = atomic_load_explicit(&seg->tab, memory_order_relaxed);
+    if ((seg->live + seg->tombs + 1) * 4 > t->n * 3)
+        return false; /* a rebuild retires the array: the writer lock's job */
+    size_t reused = 0;
+    place(t, e, &reused);
+    seg->tombs -= reused;
+    seg->live++;
+    return true;
 }
 
 bool l1__table_remove(strata_l1 *c, strata_l1_entry *e) {

@@ -1,9 +1,11 @@
 /*
- * test_l1_fast_replace.c: the fast replace path of strata_l1_set (a set that
- * replaces a present key's value at the same cost, without TTL, takes only
- * the key's segment lock; docs/notes/l1.md D15).  One test per rule the path
- * relies on (the rules R1-R5 are listed in src/lib/l1/l1.c), the concurrent
- * ones also under ThreadSanitizer:
+ * test_l1_fast_replace.c: the fast write paths of strata_l1_set: the fast
+ * replace (a set that replaces a present key's value at the same cost,
+ * without TTL, takes only the key's segment lock; docs/notes/l1.md D15) and
+ * the fast insert (a set without TTL of an absent key, while the cache has
+ * room, once the writer lock was seen contended; D18).  One test per rule the
+ * paths rely on (R1-R7, listed in src/lib/l1/l1.c), the concurrent ones also
+ * under ThreadSanitizer:
  *
  *   - which sets take the path and which do not (TTL, cost change, insert,
  *     listener, config off), and what the stats and the policy see;
@@ -18,7 +20,12 @@
  *     result overwrites it (each writer reads its exact value back);
  *   - references held across replaces and their application stay valid
  *     (exactly-once retirement: ASan/TSan would see a double free or a use
- *     after free; the stats count every entry once).
+ *     after free; the stats count every entry once);
+ *   - fast inserts: off in a cache used from one thread (AUTO), exact credit
+ *     accounting (the bound after every set, read-your-write), R6 (a mapped
+ *     load sends the set to the locked path, which drops the load), R7
+ *     (an invalidation of a pending insert), and every concurrent test above
+ *     again with fast inserts ON.
  */
 /* ctest-labels: tsan */
 /* ctest-timeout: 300 */
@@ -44,11 +51,14 @@
 #define OPS 150000
 #endif
 
+static strata_l1_fast_insert fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
+
 static strata_l1 *mk(uint64_t cap, strata_l1_policy pol) {
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
     cfg.capacity = cap;
     cfg.policy = pol;
+    cfg.fast_insert = fast_insert_mode;
     strata_l1 *c;
     assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
     return c;
@@ -256,6 +266,8 @@ static void *mixer(void *p) {
                 atomic_fetch_add(a->sets_ok, 1);
             else
                 atomic_fetch_add(a->errors, 1);
+            if ((x & 31) == 0 && strata_l1_cost(a->c) > a->cap)
+                atomic_fetch_add(a->errors, 1);
             if ((x & 1023) == 0)
                 strata_l1_maintain(a->c);
         } else {
@@ -301,6 +313,10 @@ static void run_mixed(int invalidate) {
         assert_true(st.evictions[STRATA_L1_CAUSE_INVALIDATED] > 0);
     else
         assert_true(st.evictions[STRATA_L1_CAUSE_SIZE] > 0);
+    if (fast_insert_mode == STRATA_L1_FAST_INSERT_ON)
+        assert_true(st.fast_inserts > 0);
+    if (fast_insert_mode == STRATA_L1_FAST_INSERT_OFF)
+        assert_int_equal(st.fast_inserts, 0);
     strata_l1_destroy(&c);
 }
 
@@ -519,6 +535,165 @@ static void test_fast_replace_vs_load(void **state) {
     free(lc);
 }
 
+/* ---- fast inserts (D18) ------------------------------------------------- */
+
+static void test_fast_insert_taken_when_allowed(void **state) {
+    (void)state;
+    strata_l1_stats st;
+    uint64_t v = 0;
+    char k[32];
+    /* AUTO, one thread: the writer lock is never contended, every insert is locked */
+    fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
+    strata_l1 *c = mk(100, STRATA_L1_WTINYLFU);
+    for (int i = 0; i < 1000; i++) {
+        snprintf(k, sizeof k, "a%d", i);
+        assert_int_equal(setv(c, k, (uint64_t)i), STRATA_OK);
+    }
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.fast_inserts, 0);
+    strata_l1_destroy(&c);
+
+    /* ON, capacity 100 (no slack below 256): the first insert is locked and
+     * grants the 99 free units; the next 99 inserts are fast; once full, every
+     * insert is locked again (nothing left to grant). */
+    fast_insert_mode = STRATA_L1_FAST_INSERT_ON;
+    c = mk(100, STRATA_L1_WTINYLFU);
+    for (int i = 0; i < 300; i++) {
+        snprintf(k, sizeof k, "b%d", i);
+        assert_int_equal(setv(c, k, (uint64_t)i), STRATA_OK);
+        assert_int_equal(getv(c, k, &v), STRATA_L1_HIT); /* read-your-write */
+        assert_int_equal(v, (uint64_t)i);
+        assert_true(strata_l1_cost(c) <= 100); /* the bound once the set returned */
+    }
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.fast_inserts, 99);
+    assert_int_equal(st.entries, 100);
+    assert_int_equal(300, gone_total(&st) + st.entries);
+    /* R7: an invalidation of a pending insert removes it, counted once */
+    assert_int_equal(strata_l1_invalidate(c, "b299", 4), STRATA_OK);
+    int second = 0; /* and one more present key (which ones the policy kept: its business) */
+    for (int i = 0; i < 299 && !second; i++) {
+        snprintf(k, sizeof k, "b%d", i);
+        second = strata_l1_invalidate(c, k, strlen(k)) == STRATA_OK;
+    }
+    assert_true(second);
+    /* the invalidations' maintenance granted the 2 units they freed */
+    assert_int_equal(setv(c, "c1", 1), STRATA_OK); /* fast */
+    assert_int_equal(setv(c, "c2", 2), STRATA_OK); /* fast: pending */
+    assert_int_equal(strata_l1_invalidate(c, "c2", 2), STRATA_OK);
+    assert_int_equal(getv(c, "c2", &v), STRATA_ENOTFOUND);
+    assert_int_equal(getv(c, "c1", &v), STRATA_L1_HIT);
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.fast_inserts, 101);
+    assert_int_equal(st.entries, 99);
+    assert_int_equal(st.evictions[STRATA_L1_CAUSE_INVALIDATED], 3);
+    assert_int_equal(302, gone_total(&st) + st.entries);
+    strata_l1_destroy(&c);
+
+    /* ON, capacity 2560 (slack 10): when full, each locked insert evicts down
+     * to capacity - slack and the next inserts are fast; the bound holds
+     * after every set, and every entry is counted once. */
+    c = mk(2560, STRATA_L1_WTINYLFU);
+    for (int i = 0; i < 20000; i++) {
+        snprintf(k, sizeof k, "d%d", i);
+        assert_int_equal(setv(c, k, (uint64_t)i), STRATA_OK);
+        assert_int_equal(getv(c, k, &v), STRATA_L1_HIT);
+        if (i % 16 == 0)
+            assert_true(strata_l1_cost(c) <= 2560);
+    }
+    strata_l1_stats_get(c, &st);
+    assert_true(st.cost <= 2560 && st.cost >= 2560 - 10);
+    /* after the first 2560, at least half the inserts were fast */
+    assert_true(st.fast_inserts >= 2559 + (20000 - 2560) / 2);
+    assert_int_equal(20000, gone_total(&st) + st.entries);
+    strata_l1_destroy(&c);
+
+    /* OFF: never, even with fast replaces on */
+    fast_insert_mode = STRATA_L1_FAST_INSERT_OFF;
+    c = mk(100, STRATA_L1_WTINYLFU);
+    for (int i = 0; i < 50; i++) {
+        snprintf(k, sizeof k, "e%d", i);
+        assert_int_equal(setv(c, k, (uint64_t)i), STRATA_OK);
+    }
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.fast_inserts, 0);
+    strata_l1_destroy(&c);
+    fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
+}
+
+static strata_l1_load *parked;
+static void park_loader(void *ctx, strata_l1_load *ld, const void *key, size_t klen) {
+    (void)ctx;
+    (void)key;
+    (void)klen;
+    parked = ld;
+}
+static int park_done_calls;
+static void park_done(void *ud, int status, strata_l1_outcome oc, strata_l1_entry *e) {
+    (void)ud;
+    (void)status;
+    (void)oc;
+    park_done_calls++;
+    strata_l1_release(&e);
+}
+
+/* R6: while a load is mapped for a key's segment, a set of the absent key
+ * takes the locked path, which drops the load: the load's result is not
+ * stored over the set's value. */
+static void test_fast_insert_vs_mapped_load(void **state) {
+    (void)state;
+    fast_insert_mode = STRATA_L1_FAST_INSERT_ON;
+    strata_l1 *c = mk(1000, STRATA_L1_WTINYLFU);
+    fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
+    uint64_t v = 0;
+    strata_l1_stats st;
+    assert_int_equal(setv(c, "warm", 1), STRATA_OK); /* locked: grants the free room */
+    assert_int_equal(setv(c, "free", 1), STRATA_OK); /* fast */
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.fast_inserts, 1);
+    strata_l1_entry *e = NULL;
+    assert_int_equal(strata_l1_get_or_load(c, "K", 1, park_loader, NULL, park_done, NULL, &e),
+                     STRATA_L1_PENDING);
+    assert_non_null(parked);
+    assert_int_equal(setv(c, "K", 7), STRATA_OK);
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.fast_inserts, 1); /* locked */
+    assert_int_equal(st.loads_dropped, 1);
+    uint64_t old = 99;
+    assert_int_equal(strata_l1_load_complete(parked, STRATA_OK, &old, sizeof old, NULL), STRATA_OK);
+    parked = NULL;
+    assert_int_equal(park_done_calls, 1);
+    assert_int_equal(getv(c, "K", &v), STRATA_L1_HIT);
+    assert_int_equal(v, 7);
+    /* the load is gone: the next absent key of any segment is fast again */
+    assert_int_equal(strata_l1_invalidate(c, "K", 1), STRATA_OK);
+    assert_int_equal(setv(c, "K", 8), STRATA_OK);
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.fast_inserts, 2);
+    assert_int_equal(getv(c, "K", &v), STRATA_L1_HIT);
+    assert_int_equal(v, 8);
+    strata_l1_destroy(&c);
+}
+
+/* The concurrent tests again, with fast inserts from the start. */
+static void test_fast_insert_vs_eviction(void **state) {
+    fast_insert_mode = STRATA_L1_FAST_INSERT_ON;
+    test_fast_replace_vs_eviction(state);
+    fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
+}
+
+static void test_fast_insert_vs_invalidation(void **state) {
+    fast_insert_mode = STRATA_L1_FAST_INSERT_ON;
+    test_fast_replace_vs_invalidation(state);
+    fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
+}
+
+static void test_fast_insert_vs_load(void **state) {
+    fast_insert_mode = STRATA_L1_FAST_INSERT_ON;
+    test_fast_replace_vs_load(state);
+    fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fast_replace_taken_when_allowed),
@@ -527,6 +702,11 @@ int main(void) {
         cmocka_unit_test(test_fast_replace_vs_invalidation),
         cmocka_unit_test(test_fast_replace_vs_locked_replace),
         cmocka_unit_test(test_fast_replace_vs_load),
+        cmocka_unit_test(test_fast_insert_taken_when_allowed),
+        cmocka_unit_test(test_fast_insert_vs_mapped_load),
+        cmocka_unit_test(test_fast_insert_vs_eviction),
+        cmocka_unit_test(test_fast_insert_vs_invalidation),
+        cmocka_unit_test(test_fast_insert_vs_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
