@@ -69,7 +69,9 @@
  * In caches large enough that the shadow samples keys, the same paired
  * counts also check the climber: a move the gap to the shadow does not
  * confirm, or growth while LRU hits under half of the cache's, is held
- * (paired_hold below, docs/notes/l1.md D17).
+ * (paired_hold below, docs/notes/l1.md D17), and a move at most halves or
+ * doubles the window, so the climber's first step (6 x the 1 % window) does
+ * not jump past the small windows to a single entry (decrease_window, D18).
  * Moving capacity between window and main moves entries across the
  * boundary (at most 1000 per step, the rest follows lazily).
  *
@@ -603,6 +605,14 @@ static void shadow_move(strata_l1 *c) {
     }
 }
 
+/* Whether the shadow LRU samples keys (the cache expects more than
+ * L1_SHADOW_SLOTS entries): the caches where a climber sample (10 x capacity
+ * requests) is a large share of a workload's phase, and where D17 and D18
+ * apply. */
+static bool shadow_sampled_cache(const strata_l1 *c) {
+    return c->shadow.slot && c->shadow.threshold < (1ULL << 32);
+}
+
 /* The paired check of a climber move (docs/notes/l1.md D17), for caches whose
  * shadow LRU is sampled (more than L1_SHADOW_SLOTS expected entries): there
  * a climber sample is 10 x capacity requests long and its hit rate moves with
@@ -622,7 +632,7 @@ static void shadow_move(strata_l1 *c) {
 static bool paired_hold(strata_l1 *c, double change, uint64_t ev, uint64_t a, uint64_t b,
                         uint64_t lru) {
     l1_shadow *sh = &c->shadow;
-    if (!sh->slot || sh->threshold >= (1ULL << 32) || ev < SHADOW_MIN_EVENTS)
+    if (!shadow_sampled_cache(c) || ev < SHADOW_MIN_EVENTS)
         return false;
     double g = ((double)b - (double)a) / (double)ev;
     bool had = sh->gap_set != 0;
@@ -681,6 +691,8 @@ static void increase_window(strata_l1 *c) {
     uint64_t quota = (uint64_t)c->adjustment;
     if (quota > c->protected_max)
         quota = c->protected_max;
+    if (shadow_sampled_cache(c) && quota > c->window_max)
+        quota = c->window_max; /* at most doubles (D18) */
     c->protected_max -= quota;
     c->window_max += quota;
     demote_from_protected(c);
@@ -706,12 +718,28 @@ static void increase_window(strata_l1 *c) {
     c->adjustment = (int64_t)quota;
 }
 
+/* In a cache whose shadow samples keys, a shrink takes at most half the
+ * window and a growth (increase_window) at most doubles it (docs/notes/l1.md
+ * D18).  The climber's step is a share of the
+ * capacity (6.25 %), 6 x the initial 1 % window: its first move down (the
+ * comparison with 0 always reads as a gain) took the window from 1 % to a
+ * single entry in one sample, past the region of small windows it never
+ * measured.  Halving at most, the window approaches 1 geometrically and each
+ * halving is judged by the next sample (and the paired check, D17).  Caches
+ * of at most L1_SHADOW_SLOTS entries keep the full step: their climber's
+ * walk is what OLTP's gain over the fixed window comes from (measured with
+ * the bound there: OLTP @500 -0.69 points).  The growth half keeps the
+ * climber symmetric in log scale: with the shrink bound alone, a window of a
+ * few entries grew by a full step (4 -> 342 on test_l1_adapt's zipscan
+ * stream) and walked up to 975 (the D17 test's bound is 750). */
 static void decrease_window(strata_l1 *c) {
     if (c->window_max <= 1)
         return;
     uint64_t quota = (uint64_t)(-c->adjustment);
     if (quota > c->window_max - 1)
         quota = c->window_max - 1;
+    if (shadow_sampled_cache(c) && quota > c->window_max / 2)
+        quota = c->window_max / 2;
     c->protected_max += quota;
     c->window_max -= quota;
     for (int i = 0; i < QUEUE_TRANSFER_THRESHOLD; i++) {

@@ -15,6 +15,8 @@
  *     ratio stays far above LRU's;
  *   - a stationary frequency-biased stream with scans in a sampled cache:
  *     the paired check keeps the window near its start (D17);
+ *   - in a sampled cache a climber move at most halves or doubles the
+ *     window: the first shrink no longer takes it to one entry (D18);
  *   - a phase change (recency, then a hot set with one-off keys): the
  *     policy follows LRU in the first phase and leaves it in the second.
  */
@@ -123,6 +125,9 @@ static uint64_t next_key(stream *s) {
 
 typedef struct run_result {
     uint64_t hits, requests, max_window, last_window, capacity;
+    uint64_t min_window; /* smallest observed (every 500 requests), 0 = none observed */
+    uint64_t prev_window, ups, downs;  /* the previous observation; growths and shrinks seen */
+    double max_up, max_down;           /* largest observed ratio new / old and old / new */
     uint64_t tail_hits, tail_requests; /* the second half of the replay */
 } run_result;
 
@@ -156,6 +161,19 @@ static void replay_into(strata_l1 *c, stream *s, uint64_t n, uint32_t cost_mod, 
             strata_l1_stats_get(c, &st);
             if (st.window_max > r->max_window)
                 r->max_window = st.window_max;
+            if (!r->min_window || st.window_max < r->min_window)
+                r->min_window = st.window_max;
+            uint64_t w = st.window_max, p = r->prev_window;
+            if (p && w > p) {
+                r->ups++;
+                if ((double)w / (double)p > r->max_up)
+                    r->max_up = (double)w / (double)p;
+            } else if (p && w < p) {
+                r->downs++;
+                if ((double)p / (double)w > r->max_down)
+                    r->max_down = (double)p / (double)w;
+            }
+            r->prev_window = w;
         }
     }
     strata_l1_stats_get(c, &st);
@@ -273,6 +291,44 @@ static void test_stationary_frequency_holds_window(void **state) {
     assert_true(pct(&ad) >= pct(&fx) - 0.1);
 }
 
+/* The climber's first sample compares with 0, so it always reads as a gain
+ * and moves in the initial direction, down, by 6.25 % of the capacity: 6 x
+ * the 1 % window.  In a cache whose shadow samples keys the shrink takes at
+ * most half the window (policy.c decrease_window, docs/notes/l1.md D18):
+ * 20000 entries, window 200, so one sample (200k requests after half full)
+ * leaves it at exactly 100, where the unbounded step went to 1 entry.  A
+ * cache of at most 2048 entries keeps the full step (2000 entries: 20 -> 1).
+ * Both replays cover one climber sample and part of the next. */
+static void test_sampled_shrink_halves_window(void **state) {
+    (void)state;
+    run_result big = run(S_ZIPFISH, 200000, 10, 20000, STRATA_L1_WTINYLFU, 300000, 0);
+    printf("  cap 20000: window 200 -> min %llu, last %llu (%.2f%%)\n",
+           (unsigned long long)big.min_window, (unsigned long long)big.last_window, pct(&big));
+    assert_int_equal(big.min_window, 100);
+    assert_int_equal(big.last_window, 100);
+    run_result small = run(S_ZIPFISH, 20000, 10, 2000, STRATA_L1_WTINYLFU, 30000, 0);
+    printf("  cap 2000: window 20 -> min %llu, last %llu (%.2f%%)\n",
+           (unsigned long long)small.min_window, (unsigned long long)small.last_window,
+           pct(&small));
+    assert_int_equal(small.min_window, 1);
+}
+
+/* The same bound both ways on a stream where the climber keeps moving: the
+ * zipscan stream of the previous test at 6000 entries (sampled shadow, no
+ * jump: its window stays under 1/8 of the cache), observed every 500
+ * requests (a climber sample is 60k): every change at most halves or
+ * doubles the window, and both directions occur. */
+static void test_sampled_moves_at_most_double(void **state) {
+    (void)state;
+    run_result r = run(S_ZIPSCAN, 1000000, 3000, 6000, STRATA_L1_WTINYLFU, 1200000, 0);
+    printf("  zipscan cap 6000: %llu growths (max x%.2f), %llu shrinks (max /%.2f), window "
+           "%llu..%llu\n",
+           (unsigned long long)r.ups, r.max_up, (unsigned long long)r.downs, r.max_down,
+           (unsigned long long)r.min_window, (unsigned long long)r.max_window);
+    assert_true(r.ups > 0 && r.downs > 0);
+    assert_true(r.max_up <= 2.0 && r.max_down <= 2.0);
+}
+
 static void test_loop_no_jump(void **state) {
     (void)state;
     assert_no_jump(S_LOOP, 250, 0, 200, 200000, 10.0); /* LRU 0 % on a loop larger than it */
@@ -313,6 +369,8 @@ int main(void) {
         cmocka_unit_test(test_recency_weighted_near_lru),
         cmocka_unit_test(test_frequency_no_jump),
         cmocka_unit_test(test_stationary_frequency_holds_window),
+        cmocka_unit_test(test_sampled_shrink_halves_window),
+        cmocka_unit_test(test_sampled_moves_at_most_double),
         cmocka_unit_test(test_loop_no_jump),
         cmocka_unit_test(test_phase_change),
     };
