@@ -12,7 +12,7 @@
  * `get` the server uses: copy-out into a caller buffer (--read-api copy), or
  * acquire + release of a reference (ref).  A write is strata_l1_set with an
  * 8-byte value; the table counts the sets that took the fast replace and
- * fast insert paths (docs/notes/l1.md D15, D18).  Each (mix, threads) cell runs `rounds` timed rounds of
+ * fast insert paths (docs/notes/l1.md D15, D19).  Each (mix, threads) cell runs `rounds` timed rounds of
  * `ops` operations per thread; the median is reported.
  *
  * Also measures the memory overhead per entry: allocator bytes in use (the

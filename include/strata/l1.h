@@ -122,7 +122,7 @@ typedef struct strata_l1_config {
                          then always happens before the set returns. */
     strata_l1_fast_insert fast_insert; /* with fast_replace: when a set without TTL of an
                          absent key takes only its segment lock while the cache has room for
-                         it (D18); default AUTO: once the writer lock was seen contended. */
+                         it (D19); default AUTO: once the writer lock was seen contended. */
 } strata_l1_config;
 
 /** Per-set options (NULL = defaults). */
@@ -142,7 +142,7 @@ typedef struct strata_l1_stats {
     uint64_t entries, cost, capacity;
     uint64_t window_max;    /* current W-TinyLFU window size (cost units) */
     uint64_t fast_replaces; /* sets that took the fast replace path (also counted as REPLACED) */
-    uint64_t fast_inserts;  /* sets of an absent key that took the fast path (D18) */
+    uint64_t fast_inserts;  /* sets of an absent key that took the fast path (D19) */
 } strata_l1_stats;
 
 /** Fills cfg with the defaults (capacity 10000 entries, W-TinyLFU adaptive). */

@@ -26,8 +26,6 @@
 
 #include "l1_internal.h"
 
-#define L1_EBR_MAX 512
-
 typedef struct {
     _Atomic uint64_t epoch; /* (epoch << 1) | 1 while active, 0 when idle */
     _Atomic int used;

@@ -20,7 +20,7 @@
  *            writer-lock holder ("fast replaces", below; docs/notes/l1.md D15);
  *            once the writer lock has been seen contended, so does a set
  *            without TTL of an absent key while the cache has room for it
- *            ("fast inserts", below; D18).
+ *            ("fast inserts", below; D19).
  *
  * Removed entries go through two steps before their memory is freed: the
  * eviction listener (called after the lock is released), then the retire
@@ -141,7 +141,7 @@ static void retire(strata_l1 *c, strata_l1_entry *e, uint64_t epoch) {
  *   R5  with a listener the path is off: REPLACED is then reported before
  *       the set returns, as before. */
 
-/* ---- fast inserts (docs/notes/l1.md D18) -----------------------------------
+/* ---- fast inserts (docs/notes/l1.md D19) -----------------------------------
  *
  * A set without TTL of an absent key, in a cache whose writer lock has been
  * seen contended (c->fast_ins_on, set by lock() unless cfg.fast_insert says
@@ -167,8 +167,9 @@ static void retire(strata_l1 *c, strata_l1_entry *e, uint64_t epoch) {
  *   R6  a fast insert checks, under the segment lock, that no load is mapped
  *       for the segment (seg->nloads, changed under that lock by load_map /
  *       load_unmap; a load is mapped under the same lock as the check that its
- *       key is absent), so "a set wins over an in-flight load" needs no
- *       writer lock: such a set takes the locked path, which drops the load.
+ *       key is absent, and a completing load is unmapped only after its value
+ *       is stored), so "a set wins over an in-flight load" needs no writer
+ *       lock: such a set takes the locked path, which drops the load.
  *   R7  a pending insert is L1_Q_PENDING like a pending replace (R3), and
  *       settle_key / drain_writes apply a key's inserts and replaces in the
  *       order they were made (the pending list is per segment, FIFO). */
@@ -375,7 +376,7 @@ static void unlock(strata_l1 *c) {
 static void drain(strata_l1 *c) {
     strata_l1_entry *batch[L1_RB_SIZE];
     bool counting = c->sketch_on && c->cfg.policy != STRATA_L1_LRU;
-    for (unsigned s = 0; s < L1_NSTRIPE; s++) {
+    for (unsigned s = 0; s <= L1_NSTRIPE; s++) {
         l1_stripe *st = &c->stripes[s];
         uint64_t h = atomic_load_explicit(&st->head, memory_order_relaxed);
         uint64_t t = atomic_load_explicit(&st->tail, memory_order_acquire);
@@ -435,16 +436,19 @@ static void expire_cb(void *ctx, strata_l1_entry *e) {
     l1__evict((strata_l1 *)ctx, e, STRATA_L1_CAUSE_EXPIRED);
 }
 
+static void stripe_counts(l1_stripe *st, uint64_t v[4]) {
+    v[0] += atomic_load_explicit(&st->hits, memory_order_relaxed);
+    v[1] += atomic_load_explicit(&st->misses, memory_order_relaxed);
+    v[2] += atomic_load_explicit(&st->stale, memory_order_relaxed);
+    v[3] += atomic_load_explicit(&st->negative, memory_order_relaxed);
+}
+
 static void report_metrics(strata_l1 *c) {
     if (!c->cfg.metrics)
         return;
     uint64_t v[16] = {0};
-    for (unsigned s = 0; s < L1_NSTRIPE; s++) {
-        v[0] += atomic_load_explicit(&c->stripes[s].hits, memory_order_relaxed);
-        v[1] += atomic_load_explicit(&c->stripes[s].misses, memory_order_relaxed);
-        v[2] += atomic_load_explicit(&c->stripes[s].stale, memory_order_relaxed);
-        v[3] += atomic_load_explicit(&c->stripes[s].negative, memory_order_relaxed);
-    }
+    for (unsigned s = 0; s <= L1_NSTRIPE; s++)
+        stripe_counts(&c->stripes[s], v);
     v[4] = c->n_loads;
     v[5] = c->n_load_fail;
     v[6] = c->n_dropped;
@@ -582,7 +586,7 @@ int strata_l1_create(const strata_l1_config *cfg, strata_l1 **out) {
     c->evict_to = c->capacity;
     if (cfg->fast_insert == STRATA_L1_FAST_INSERT_ON)
         atomic_store_explicit(&c->fast_ins_on, 1, memory_order_relaxed);
-    c->slack = c->capacity / FAST_INSERT_SLACK; /* measured: docs/notes/l1.md D18 */
+    c->slack = c->capacity / FAST_INSERT_SLACK; /* measured: docs/notes/l1.md D19 */
     l1__wheel_init(&c->wheel, now_ns(c));
     if (c->cfg.metrics)
         register_metrics(c);
@@ -933,16 +937,19 @@ int strata_l1_set(strata_l1 *c, const void *key, size_t klen, const void *val, s
 
 /* ---- reads ----------------------------------------------------------------- */
 
-static inline void record_read(strata_l1 *c, l1_stripe *st, strata_l1_entry *e) {
+/* Appends e to the stripe's ring (lossy when full or contended).  An owned
+ * stripe has one producer, its owner, so a plain store claims the slot. */
+static inline void record_read(l1_stripe *st, strata_l1_entry *e, bool own) {
     uint64_t t = atomic_load_explicit(&st->tail, memory_order_relaxed);
     uint64_t h = atomic_load_explicit(&st->head, memory_order_acquire);
     if (t - h >= L1_RB_SIZE)
         return; /* full: lossy */
-    if (!atomic_compare_exchange_strong_explicit(&st->tail, &t, t + 1, memory_order_acq_rel,
-                                                 memory_order_relaxed))
+    if (own)
+        atomic_store_explicit(&st->tail, t + 1, memory_order_relaxed);
+    else if (!atomic_compare_exchange_strong_explicit(&st->tail, &t, t + 1, memory_order_acq_rel,
+                                                      memory_order_relaxed))
         return; /* contended: lossy */
     atomic_store_explicit(&st->slots[t & (L1_RB_SIZE - 1)], e, memory_order_release);
-    (void)c;
 }
 
 static inline void maybe_drain(strata_l1 *c, l1_stripe *st) {
@@ -970,12 +977,27 @@ static inline int classify(const strata_l1 *c, const strata_l1_entry *e, uint64_
     return *now >= t->soft_ns ? STRATA_L1_STALE : STRATA_L1_HIT;
 }
 
-static inline void count(l1_stripe *st, int outcome) {
+static inline void count(l1_stripe *st, int outcome, bool own) {
     _Atomic uint64_t *p = outcome == STRATA_L1_HIT        ? &st->hits
                           : outcome == STRATA_L1_STALE    ? &st->stale
                           : outcome == STRATA_L1_NEGATIVE ? &st->negative
                                                           : &st->misses;
-    atomic_fetch_add_explicit(p, 1, memory_order_relaxed);
+    if (own) /* the only writer: no read-modify-write */
+        atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(p, 1, memory_order_relaxed);
+}
+
+/* Whether the thread of EBR record r owns st (claiming it if nobody does). */
+static inline bool stripe_own(l1_stripe *st, int r) {
+    int o = atomic_load_explicit(&st->owner, memory_order_relaxed);
+    if (o == r + 1)
+        return true;
+    if (o != 0 || r >= L1_EBR_MAX)
+        return false;
+    return atomic_compare_exchange_strong_explicit(&st->owner, &o, r + 1, memory_order_relaxed,
+                                                   memory_order_relaxed);
 }
 
 /* The lock-free read: returns the outcome or STRATA_ENOTFOUND; calls fn on the entry inside the section. */
@@ -998,11 +1020,14 @@ static int do_read(strata_l1 *c, const void *key, size_t klen, int mode, read_ct
     uint32_t hash = l1__hash(key, klen, &tag);
     int r = l1__ebr_enter();
     l1_stripe *st = &c->stripes[r & (L1_NSTRIPE - 1)];
+    bool own = stripe_own(st, r);
+    if (!own)
+        st = &c->stripes[L1_NSTRIPE];
     strata_l1_entry *e = l1__table_find(c, key, klen, hash, tag);
     int oc = e ? classify(c, e, &rx->now) : -1;
     if (oc < 0) {
         l1__ebr_exit(r);
-        count(st, -1);
+        count(st, -1, own);
         return STRATA_ENOTFOUND;
     }
     int rc = oc;
@@ -1018,9 +1043,9 @@ static int do_read(strata_l1 *c, const void *key, size_t klen, int mode, read_ct
     } else {
         rx->ref = strata_l1_acquire_entry(e);
     }
-    record_read(c, st, e);
+    record_read(st, e, own);
     l1__ebr_exit(r);
-    count(st, oc);
+    count(st, oc, own);
     maybe_drain(c, st);
     return rc;
 }
@@ -1285,8 +1310,6 @@ int strata_l1_load_complete(strata_l1_load *ld, int status, const void *val, siz
 
     lock(c);
     bool store = ld->mapped;
-    if (ld->mapped)
-        load_unmap(c, ld);
     if (status != STRATA_OK)
         c->n_load_fail++;
     strata_l1_entry *give = NULL; /* what the waiters get */
@@ -1324,6 +1347,11 @@ int strata_l1_load_complete(strata_l1_load *ld, int status, const void *val, siz
         strata_free(e);
         e = NULL;
     }
+    /* Unmapped only now: until the value is in the table, the mapped load
+     * keeps the key's segment off the fast insert path (R6), so no set can
+     * return before this store and then be overwritten by it. */
+    if (ld->mapped)
+        load_unmap(c, ld);
     if (negative && stored)
         woutcome = STRATA_L1_NEGATIVE;
     if (e && !negative)
@@ -1363,12 +1391,13 @@ int strata_l1_load_complete(strata_l1_load *ld, int status, const void *val, siz
 
 void strata_l1_stats_get(strata_l1 *c, strata_l1_stats *out) {
     memset(out, 0, sizeof(*out));
-    for (unsigned s = 0; s < L1_NSTRIPE; s++) {
-        out->hits += atomic_load_explicit(&c->stripes[s].hits, memory_order_relaxed);
-        out->misses += atomic_load_explicit(&c->stripes[s].misses, memory_order_relaxed);
-        out->stale_hits += atomic_load_explicit(&c->stripes[s].stale, memory_order_relaxed);
-        out->negative_hits += atomic_load_explicit(&c->stripes[s].negative, memory_order_relaxed);
-    }
+    uint64_t v[4] = {0};
+    for (unsigned s = 0; s <= L1_NSTRIPE; s++)
+        stripe_counts(&c->stripes[s], v);
+    out->hits = v[0];
+    out->misses = v[1];
+    out->stale_hits = v[2];
+    out->negative_hits = v[3];
     lock(c);
     drain_writes(c);
     out->fast_replaces = c->n_fast;

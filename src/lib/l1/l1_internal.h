@@ -75,7 +75,9 @@ static inline unsigned char *l1_entry_valp(const strata_l1_entry *e) {
 
 /* ---- epoch-based reclamation (ebr.c) ---------------------------------- */
 
-/* A reader's section: l1__ebr_enter() returns the thread's record index. */
+/* A reader's section: l1__ebr_enter() returns the thread's record index, a
+ * thread's own below L1_EBR_MAX; L1_EBR_MAX is the shared overflow record. */
+#define L1_EBR_MAX 512
 int l1__ebr_enter(void);
 void l1__ebr_exit(int rec);
 /* Tries to advance the global epoch; returns the epoch now in force. */
@@ -118,14 +120,24 @@ _Static_assert(sizeof(l1_seg) == 128, "l1_seg is two cache lines");
 #define L1_NSTRIPE 16
 #define L1_RB_SIZE 64
 
+/* Stripe k < L1_NSTRIPE belongs to the first thread of EBR record r with
+ * r % L1_NSTRIPE == k that reads through it (`owner` = r + 1, never given up:
+ * a record is one live thread's), which is then its only producer: it counts
+ * and appends with plain load + store, no read-modify-write.  Readers that
+ * find their stripe owned by another thread (more than L1_NSTRIPE reading
+ * threads, or the shared overflow record) use the extra stripe L1_NSTRIPE,
+ * with atomic read-modify-writes (l1.c: stripe_own, count, record_read). */
 typedef struct l1_stripe {
     _Atomic uint64_t tail; /* producers (readers of this stripe) */
     _Atomic uint64_t hits, misses, stale, negative;
-    char pad0[24];
+    _Atomic int owner;
+    char pad0[20];
     _Atomic uint64_t head; /* the drainer */
     char pad1[56];
     _Atomic(strata_l1_entry *) slots[L1_RB_SIZE];
 } l1_stripe;
+_Static_assert(offsetof(l1_stripe, head) == 64, "tail and head on separate cache lines");
+_Static_assert(offsetof(l1_stripe, slots) == 128, "slots start on their own cache line");
 
 /* ---- frequency sketch (sketch.c) --------------------------------------- */
 
@@ -248,7 +260,7 @@ typedef struct l1_list {
 
 struct strata_l1 {
     l1_seg segs[L1_NSEG];
-    l1_stripe stripes[L1_NSTRIPE];
+    l1_stripe stripes[L1_NSTRIPE + 1]; /* + the shared one */
 
     strata_l1_config cfg;
     char *name;

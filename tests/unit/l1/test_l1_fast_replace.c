@@ -3,7 +3,7 @@
  * replace (a set that replaces a present key's value at the same cost,
  * without TTL, takes only the key's segment lock; docs/notes/l1.md D15) and
  * the fast insert (a set without TTL of an absent key, while the cache has
- * room, once the writer lock was seen contended; D18).  One test per rule the
+ * room, once the writer lock was seen contended; D19).  One test per rule the
  * paths rely on (R1-R7, listed in src/lib/l1/l1.c), the concurrent ones also
  * under ThreadSanitizer:
  *
@@ -504,8 +504,12 @@ static void *owner_writer(void *p) {
             sched_yield(); /* let loads start */
         for (int j = 0; j < 4; j++) {
             uint64_t v = ++ver, got = 0;
-            if (setv(lc->c, k, v) != STRATA_OK || getv(lc->c, k, &got) != STRATA_L1_HIT || got != v)
+            int src = setv(lc->c, k, v), grc = getv(lc->c, k, &got);
+            if (src != STRATA_OK || grc != STRATA_L1_HIT || got != v) {
+                fprintf(stderr, "owner_writer: %s set %d get %d got %llu want %llu (j %d)\n", k,
+                        src, grc, (unsigned long long)got, (unsigned long long)v, j);
                 atomic_fetch_add(&lc->errors, 1);
+            }
         }
     }
     return NULL;
@@ -535,7 +539,7 @@ static void test_fast_replace_vs_load(void **state) {
     free(lc);
 }
 
-/* ---- fast inserts (D18) ------------------------------------------------- */
+/* ---- fast inserts (D19) ------------------------------------------------- */
 
 static void test_fast_insert_taken_when_allowed(void **state) {
     (void)state;
