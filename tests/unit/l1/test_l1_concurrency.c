@@ -2,7 +2,9 @@
  * test_l1_concurrency.c: the L1 cache under threads (also built as a
  * ThreadSanitizer twin): references and copy-out reads racing evictions and
  * replacements, singleflight under contention with loads completed on
- * another thread, and invalidations racing in-flight loads.
+ * another thread, invalidations racing in-flight loads, and the read
+ * counters of more reading threads than the cache has stripes (owned stripes
+ * count with plain stores, the rest share one stripe: the counts stay exact).
  */
 /* ctest-labels: tsan */
 /* ctest-timeout: 300 */
@@ -400,12 +402,79 @@ static void test_bound_under_concurrent_sets(void **state) {
     strata_l1_destroy(&c);
 }
 
+/* ---- read counters with more threads than stripes ------------------------ */
+
+#define COUNT_THREADS 24 /* > the cache's 16 owned stripes */
+#define COUNT_READS   (OPS / 10)
+
+typedef struct {
+    strata_l1 *c;
+    unsigned id;
+    uint64_t hits, misses;
+    pthread_barrier_t *bar;
+} count_arg;
+
+/* Reads keys h0..h63 (present) and m0..m63 (absent) with its own counts. */
+static void *counting_reader(void *p) {
+    count_arg *a = p;
+    char k[16], buf[8];
+    uint32_t x = 2463534242u + 7919u * a->id;
+    pthread_barrier_wait(a->bar);
+    for (int i = 0; i < COUNT_READS; i++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        snprintf(k, sizeof k, "%c%u", (x & 64) ? 'h' : 'm', x % 64);
+        if (strata_l1_get_copy(a->c, k, strlen(k), buf, sizeof buf, NULL) == STRATA_L1_HIT)
+            a->hits++;
+        else
+            a->misses++;
+    }
+    return NULL;
+}
+
+static void test_read_counts_exact_with_many_threads(void **state) {
+    (void)state;
+    strata_l1_config cfg;
+    strata_l1_config_init(&cfg);
+    cfg.capacity = 1000;
+    strata_l1 *c;
+    assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
+    char k[16];
+    for (unsigned i = 0; i < 64; i++) {
+        snprintf(k, sizeof k, "h%u", i);
+        assert_int_equal(strata_l1_set(c, k, strlen(k), "v", 1, NULL), STRATA_OK);
+    }
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, COUNT_THREADS);
+    pthread_t th[COUNT_THREADS];
+    count_arg args[COUNT_THREADS];
+    for (unsigned i = 0; i < COUNT_THREADS; i++) {
+        args[i] = (count_arg){c, i, 0, 0, &bar};
+        assert_int_equal(pthread_create(&th[i], NULL, counting_reader, &args[i]), 0);
+    }
+    uint64_t hits = 0, misses = 0;
+    for (unsigned i = 0; i < COUNT_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        hits += args[i].hits;
+        misses += args[i].misses;
+    }
+    pthread_barrier_destroy(&bar);
+    strata_l1_stats st;
+    strata_l1_stats_get(c, &st);
+    assert_int_equal(st.hits, hits);
+    assert_int_equal(st.misses, misses);
+    assert_int_equal(hits + misses, (uint64_t)COUNT_THREADS * COUNT_READS);
+    assert_true(hits > 0 && misses > 0);
+    assert_int_equal(st.entries, 64); /* reads evict nothing */
+    strata_l1_destroy(&c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refs_survive_concurrent_eviction),
         cmocka_unit_test(test_singleflight_contention),
         cmocka_unit_test(test_invalidation_races_load),
         cmocka_unit_test(test_bound_under_concurrent_sets),
+        cmocka_unit_test(test_read_counts_exact_with_many_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
