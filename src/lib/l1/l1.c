@@ -8,7 +8,9 @@
  *            (table.c) without a lock, check the exact TTL, copy the value out
  *            or take a reference, and record the hit in their stripe's lossy
  *            ring buffer (Caffeine's read buffer).  No shared cache line is
- *            written on a hit except the reader's own stripe.
+ *            written on a hit except the reader's own stripe, and a thread
+ *            that owns its stripe writes it without read-modify-writes
+ *            (docs/notes/l1.md D20).
  *   writers  (set, invalidate, load completion) take the one writer lock,
  *            update table + policy + timer wheel, evict down to capacity and
  *            return: the bound is exact when a set returns.  A reader whose
@@ -47,9 +49,9 @@
 #include "strata/status.h"
 
 #define MAX_KEY           65536
-#define FAST_INSERT_SLACK 256 /* contended: 1/256 of the capacity is kept free for fast inserts */
 #define MAX_VALUE         (1u << 31)
 #define MAINT_EVERY       32
+#define FAST_INSERT_SLACK 256 /* contended: 1/256 of the capacity is kept free for fast inserts */
 
 static _Thread_local uint64_t tls_rng;
 
@@ -147,11 +149,11 @@ static void retire(strata_l1 *c, strata_l1_entry *e, uint64_t epoch) {
  * seen contended (c->fast_ins_on, set by lock() unless cfg.fast_insert says
  * OFF or ON: a cache used from one thread never takes this path, so its
  * policy decisions stay exactly those of the locked path), does not take the
- * writer lock either: under the key's
- * segment lock it takes the entry's cost from c->credit, adds the entry to
- * the table (l1__table_add: never a rebuild) and pushes it on the segment's
- * pending list with prev = NULL; the writer-lock holder later adds it to the
- * policy (apply_event), in order with the key's other events (settle_key).
+ * writer lock either: under the key's segment lock it takes the entry's cost
+ * from c->credit, adds the entry to the table (l1__table_add: never a
+ * rebuild) and pushes it on the segment's pending list with prev = NULL; the
+ * writer-lock holder later adds it to the policy (apply_event), in order
+ * with the key's other events (settle_key).
  *
  * The bound: c->credit is cost the writer-lock holder has granted, and
  * c->granted (lock) counts the credit granted and not yet applied, whether
