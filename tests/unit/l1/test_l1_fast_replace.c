@@ -541,27 +541,38 @@ static void test_fast_replace_vs_load(void **state) {
 
 /* ---- fast inserts (D19) ------------------------------------------------- */
 
+/* Inserts n distinct keys from this thread into a 100-entry cache of the given
+ * mode; returns how many took the fast insert path. */
+static uint64_t fast_inserts_of(strata_l1_fast_insert mode, int n) {
+    fast_insert_mode = mode;
+    strata_l1 *c = mk(100, STRATA_L1_WTINYLFU);
+    fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
+    char k[32];
+    for (int i = 0; i < n; i++) {
+        snprintf(k, sizeof k, "a%d", i);
+        assert_int_equal(setv(c, k, (uint64_t)i), STRATA_OK);
+    }
+    strata_l1_stats st;
+    strata_l1_stats_get(c, &st);
+    strata_l1_destroy(&c);
+    return st.fast_inserts;
+}
+
 static void test_fast_insert_taken_when_allowed(void **state) {
     (void)state;
     strata_l1_stats st;
     uint64_t v = 0;
     char k[32];
-    /* AUTO, one thread: the writer lock is never contended, every insert is locked */
-    fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
-    strata_l1 *c = mk(100, STRATA_L1_WTINYLFU);
-    for (int i = 0; i < 1000; i++) {
-        snprintf(k, sizeof k, "a%d", i);
-        assert_int_equal(setv(c, k, (uint64_t)i), STRATA_OK);
-    }
-    strata_l1_stats_get(c, &st);
-    assert_int_equal(st.fast_inserts, 0);
-    strata_l1_destroy(&c);
+    /* AUTO, one thread: the writer lock is never contended, every insert is
+     * locked; OFF: never, even with fast replaces on */
+    assert_int_equal(fast_inserts_of(STRATA_L1_FAST_INSERT_AUTO, 1000), 0);
+    assert_int_equal(fast_inserts_of(STRATA_L1_FAST_INSERT_OFF, 50), 0);
 
     /* ON, capacity 100 (no slack below 256): the first insert is locked and
      * grants the 99 free units; the next 99 inserts are fast; once full, every
      * insert is locked again (nothing left to grant). */
     fast_insert_mode = STRATA_L1_FAST_INSERT_ON;
-    c = mk(100, STRATA_L1_WTINYLFU);
+    strata_l1 *c = mk(100, STRATA_L1_WTINYLFU);
     for (int i = 0; i < 300; i++) {
         snprintf(k, sizeof k, "b%d", i);
         assert_int_equal(setv(c, k, (uint64_t)i), STRATA_OK);
@@ -610,17 +621,6 @@ static void test_fast_insert_taken_when_allowed(void **state) {
     /* after the first 2560, at least half the inserts were fast */
     assert_true(st.fast_inserts >= 2559 + (20000 - 2560) / 2);
     assert_int_equal(20000, gone_total(&st) + st.entries);
-    strata_l1_destroy(&c);
-
-    /* OFF: never, even with fast replaces on */
-    fast_insert_mode = STRATA_L1_FAST_INSERT_OFF;
-    c = mk(100, STRATA_L1_WTINYLFU);
-    for (int i = 0; i < 50; i++) {
-        snprintf(k, sizeof k, "e%d", i);
-        assert_int_equal(setv(c, k, (uint64_t)i), STRATA_OK);
-    }
-    strata_l1_stats_get(c, &st);
-    assert_int_equal(st.fast_inserts, 0);
     strata_l1_destroy(&c);
     fast_insert_mode = STRATA_L1_FAST_INSERT_AUTO;
 }
