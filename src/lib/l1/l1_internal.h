@@ -28,6 +28,9 @@
 
 #include "strata/l1.h"
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 /* L1_Q_PENDING: published in the table by a fast write (l1.c), not yet in the policy. */
 enum { L1_Q_NONE = 0, L1_Q_WINDOW = 1, L1_Q_PROBATION = 2, L1_Q_PROTECTED = 3, L1_Q_PENDING = 4 };
 enum { L1_F_TTL = 1u << 0, L1_F_NEG = 1u << 1 };
@@ -328,7 +331,14 @@ struct strata_l1 {
 /* table.c */
 int l1__table_init(strata_l1 *c, uint64_t expected);
 void l1__table_free(strata_l1 *c);
-uint32_t l1__hash(const void *key, size_t klen, uint16_t *tag);
+/* XXH3-64 of the key, inlined (xxhash's XXH_INLINE_ALL: a read hashes an
+ * 8-16 byte key in a few instructions instead of a call through the PLT and
+ * the library's length dispatch); *tag = the top 16 bits, returns the low 32. */
+static inline uint32_t l1__hash(const void *key, size_t klen, uint16_t *tag) {
+    uint64_t h = XXH3_64bits(key, klen);
+    *tag = (uint16_t)(h >> 48);
+    return (uint32_t)h;
+}
 /* Lock-free lookup (caller inside an EBR section, or holding the lock). */
 strata_l1_entry *l1__table_find(strata_l1 *c, const void *key, size_t klen, uint32_t hash,
                                 uint16_t tag);

@@ -33,7 +33,6 @@
  * segment bits (Lemire's "fastrange"), so sizes need not be powers of two.
  */
 #include <string.h>
-#include <xxhash.h>
 
 #include "l1_internal.h"
 #include "strata/alloc.h"
@@ -53,12 +52,6 @@ static inline uintptr_t mkslot(const strata_l1_entry *e) {
 }
 
 static inline strata_l1_entry *slot_ptr(uintptr_t s) { return (strata_l1_entry *)(s & PTR_MASK); }
-
-uint32_t l1__hash(const void *key, size_t klen, uint16_t *tag) {
-    uint64_t h = XXH3_64bits(key, klen);
-    *tag = (uint16_t)(h >> 48);
-    return (uint32_t)h;
-}
 
 static l1_table *table_alloc(size_t n) {
     l1_table *t = strata_calloc(1, sizeof(*t) + n * sizeof(t->slots[0]));
