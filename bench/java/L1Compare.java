@@ -2,11 +2,17 @@
  * L1Compare.java: the Caffeine side of `bench/l1-compare.sh` (Caffeine 2.6.2
  * from Debian's libcaffeine-java, run on the machine's Java 17).
  *
- *   java -cp caffeine.jar:. L1Compare replay FORMAT FILE SIZE...
+ *   java -cp caffeine.jar:. L1Compare replay FORMAT FILE [--runs R] SIZE...
  *       FORMAT arc|lirs|keys (the formats of bench/l1_replay.c); prints
- *       "caffeine SIZE HITRATIO" per size.  The cache is driven exactly like
- *       the C replay: getIfPresent, and put on a miss; maintenance runs on the
- *       calling thread (executor Runnable::run) so the result is deterministic.
+ *       "caffeine SIZE MEAN SD MIN MAX RUNS" per size: R replays (default 1),
+ *       each with a new cache.  The cache is driven exactly like the C
+ *       replay: getIfPresent, and put on a miss; maintenance runs on the
+ *       calling thread (executor Runnable::run).  A run is still a random
+ *       draw: Caffeine 2.6.2 seeds every FrequencySketch from
+ *       ThreadLocalRandom (its `randomSeed`, multiplied into spread()) and
+ *       admits a warm candidate with probability 1/128, so R new caches are R
+ *       independent draws, and MEAN is what l1-compare.sh compares with the
+ *       strata mean over R sketch seeds (docs/notes/l1.md D21).
  *   java -cp caffeine.jar:. L1Compare throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP]
  *       MIX read100|read90|read75; prints "caffeine_MIX_Nt OPS_PER_SEC" (the
  *       median of ROUNDS rounds after a JIT warm-up of WARMUP rounds, default
@@ -36,7 +42,7 @@ public final class L1Compare {
   }
 
   static void usage() {
-    System.err.println("usage: L1Compare replay FORMAT FILE SIZE... | throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP]");
+    System.err.println("usage: L1Compare replay FORMAT FILE [--runs R] SIZE... | throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP]");
     System.exit(64);
   }
 
@@ -75,15 +81,31 @@ public final class L1Compare {
     long[] keys = readTrace(args[1], args[2]);
     Long[] boxed = new Long[keys.length];
     for (int i = 0; i < keys.length; i++) boxed[i] = keys[i];
-    for (int a = 3; a < args.length; a++) {
+    int a = 3, runs = 1;
+    if (args[a].equals("--runs") && args.length >= a + 3) {
+      runs = Integer.parseInt(args[a + 1]);
+      a += 2;
+    }
+    if (runs < 1) usage();
+    for (; a < args.length; a++) {
       long size = Long.parseLong(args[a]);
-      Cache<Long, Long> cache = Caffeine.newBuilder().maximumSize(size).executor(Runnable::run).build();
-      long hits = 0;
-      for (Long k : boxed) {
-        if (cache.getIfPresent(k) != null) hits++;
-        else cache.put(k, k);
+      double sum = 0, sumsq = 0, lo = 101, hi = -1;
+      for (int r = 0; r < runs; r++) {
+        Cache<Long, Long> cache = Caffeine.newBuilder().maximumSize(size).executor(Runnable::run).build();
+        long hits = 0;
+        for (Long k : boxed) {
+          if (cache.getIfPresent(k) != null) hits++;
+          else cache.put(k, k);
+        }
+        double ratio = 100.0 * hits / keys.length;
+        sum += ratio;
+        sumsq += ratio * ratio;
+        lo = Math.min(lo, ratio);
+        hi = Math.max(hi, ratio);
       }
-      System.out.printf("caffeine %d %.2f%n", size, 100.0 * hits / keys.length);
+      double mean = sum / runs;
+      double var = runs > 1 ? (sumsq - sum * sum / runs) / (runs - 1) : 0;
+      System.out.printf("caffeine %d %.2f %.2f %.2f %.2f %d%n", size, mean, Math.sqrt(Math.max(var, 0)), lo, hi, runs);
     }
   }
 

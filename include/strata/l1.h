@@ -123,6 +123,16 @@ typedef struct strata_l1_config {
     strata_l1_fast_insert fast_insert; /* with fast_replace: when a set without TTL of an
                          absent key takes only its segment lock while the cache has room for
                          it (D19); default AUTO: once the writer lock was seen contended. */
+    uint64_t sketch_seed; /* seed of the TinyLFU sketch's hash and of the random admission;
+                         default 0 = a fresh one per cache from getrandom(2), as Caffeine 2.6.2
+                         draws one per FrequencySketch.  Why per cache: with a known, fixed
+                         hash an attacker can compute keys whose sketch counters are a victim
+                         key's and request them to inflate its frequency (a cold key of
+                         theirs then wins admission, or a victim is never evicted: admission
+                         poisoning).  Nonzero = that seed: every policy decision repeats
+                         exactly (tests, reproducible benchmarks; strata_l1_sketch_seed()
+                         tells the seed a cache drew).  Hit ratios depend on the seed by up
+                         to a few points on small caches (docs/notes/l1.md D21). */
 } strata_l1_config;
 
 /** Per-set options (NULL = defaults). */
@@ -269,6 +279,10 @@ void strata_l1_stats_get(strata_l1 *c, strata_l1_stats *out);
 /** Number of entries / total cost now. */
 uint64_t strata_l1_size(strata_l1 *c);
 uint64_t strata_l1_cost(strata_l1 *c);
+
+/** The cache's sketch seed: the configured one, or the one drawn at create when it was 0
+ *  (pass it back as strata_l1_config.sketch_seed to replay the same decisions). */
+uint64_t strata_l1_sketch_seed(const strata_l1 *c);
 
 /** Estimated access frequency of key in the TinyLFU sketch (0..15; tests and diagnostics). */
 int strata_l1_frequency(strata_l1 *c, const void *key, size_t klen);

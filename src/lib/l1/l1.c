@@ -81,6 +81,7 @@ void strata_l1_config_init(strata_l1_config *cfg) {
     cfg->jitter_pct = 10;
     cfg->fast_replace = 1;
     cfg->fast_insert = STRATA_L1_FAST_INSERT_AUTO;
+    cfg->sketch_seed = 0; /* a random seed per cache (policy.c; docs/notes/l1.md D21) */
 }
 
 static uint64_t now_ns(const strata_l1 *c) { return strata_clock_now_ns(c->clock); }
@@ -1434,6 +1435,8 @@ uint64_t strata_l1_cost(strata_l1 *c) {
     unlock(c);
     return n;
 }
+
+uint64_t strata_l1_sketch_seed(const strata_l1 *c) { return c ? c->cfg.sketch_seed : 0; }
 
 int strata_l1_frequency(strata_l1 *c, const void *key, size_t klen) {
     if (!c || c->cfg.policy == STRATA_L1_LRU)

@@ -149,12 +149,16 @@ typedef struct l1_sketch {
     uint64_t *door;     /* doorkeeper bloom filter bits (NULL = off) */
     uint32_t words;     /* table words (= entries of capacity, at least 8) */
     uint32_t door_mask; /* doorkeeper bits - 1 */
+    uint32_t mul, add;  /* the per-cache hash seed: spread()'s odd multiplier, its added constant */
     uint64_t size;      /* additions since the last reset */
     uint64_t sample;    /* reset (age) every `sample` additions */
     uint64_t resets;
 } l1_sketch;
 
-int l1__sketch_init(l1_sketch *s, uint64_t entries, int doorkeeper);
+/* seed: the cache's resolved sketch seed (nonzero; policy.c draws it when the config's is 0). */
+int l1__sketch_init(l1_sketch *s, uint64_t entries, int doorkeeper, uint64_t seed);
+/* splitmix64 (Steele, Lea, Flood 2014): the next output; advances *state. */
+uint64_t l1__splitmix64(uint64_t *state);
 void l1__sketch_free(l1_sketch *s);
 void l1__sketch_increment(l1_sketch *s, uint32_t hash);
 int l1__sketch_frequency(const l1_sketch *s, uint32_t hash);

@@ -93,6 +93,11 @@
  * Everything here runs under the cache's writer lock.  Costs are weights:
  * sizes and maxima are in cost units.
  */
+#include <errno.h>
+#include <stdatomic.h>
+#include <sys/random.h>
+#include <time.h>
+
 #include "l1_internal.h"
 #include "strata/status.h"
 
@@ -160,11 +165,42 @@ static void set_maxima(strata_l1 *c, uint64_t window) {
     c->protected_max = (uint64_t)((double)(c->capacity - window) * PERCENT_MAIN_PROTECTED);
 }
 
+/* A fresh seed for a cache whose config leaves sketch_seed 0: 8 bytes of
+ * getrandom(2) (blocks only until the kernel's pool is initialised at boot).
+ * Should the call fail (no syscall in a sandbox), the clock, the cache's
+ * address and a process-wide counter, mixed: unpredictable enough to make
+ * every cache's hash differ, not a secret. */
+static uint64_t random_seed(const strata_l1 *c) {
+    uint64_t seed = 0;
+    ssize_t n;
+    do
+        n = getrandom(&seed, sizeof seed, 0);
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof seed) {
+        static atomic_uint_fast64_t counter;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t st = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        st ^= (uint64_t)(uintptr_t)c ^ (atomic_fetch_add(&counter, 1) << 48);
+        seed = l1__splitmix64(&st);
+    }
+    return seed ? seed : 1;
+}
+
 int l1__policy_init(strata_l1 *c) {
     list_init(&c->window);
     list_init(&c->probation);
     list_init(&c->protected_);
-    c->rng = 0x9E3779B97F4A7C15ULL;
+    /* The per-cache seed (include/strata/l1.h sketch_seed, sketch.c): the
+     * sketch's hash and the random admission's generator (admit()) both come
+     * from it, so neither can be predicted from outside, and a nonzero
+     * configured seed replays every decision exactly. */
+    if (c->cfg.sketch_seed == 0)
+        c->cfg.sketch_seed = random_seed(c);
+    uint64_t st = c->cfg.sketch_seed ^ 0x5DEECE66DULL;
+    c->rng = l1__splitmix64(&st);
+    if (c->rng == 0)
+        c->rng = 0x9E3779B97F4A7C15ULL; /* xorshift's one forbidden state */
     if (!wtinylfu(c)) {
         c->window_max = c->capacity;
         c->protected_max = 0;
@@ -174,7 +210,7 @@ int l1__policy_init(strata_l1 *c) {
     c->step_size = -CLIMBER_STEP_PERCENT * (double)c->capacity;
     uint64_t entries =
         c->cfg.weigh == STRATA_L1_WEIGH_ENTRIES ? c->capacity : c->cfg.expected_entries;
-    int rc = l1__sketch_init(&c->sketch, entries, c->cfg.doorkeeper);
+    int rc = l1__sketch_init(&c->sketch, entries, c->cfg.doorkeeper, c->cfg.sketch_seed);
     if (rc == STRATA_OK && c->cfg.policy == STRATA_L1_WTINYLFU) {
         rc = l1__shadow_init(&c->shadow, c->capacity, entries);
         if (rc < 0)

@@ -36,6 +36,23 @@
  *     every counter is halved and the doorkeeper cleared, so the sketch
  *     tracks a sliding notion of recent frequency (the paper proves the
  *     halving keeps the estimate within the sample's error bound).
+ *   - A hash seeded per cache, as Caffeine 2.6.2's `randomSeed` (drawn from
+ *     ThreadLocalRandom in every FrequencySketch, made odd, multiplied into
+ *     spread()).  The reason is security: with one fixed hash, anyone who
+ *     knows it (it is in this file) can compute keys whose four counters are
+ *     a victim key's, then request them to inflate the victim's estimate (so
+ *     a cold key of theirs wins admission, or a victim they want kept is
+ *     never evicted): admission poisoning.  With a secret per-cache seed the
+ *     counter positions cannot be computed offline.  The seed is
+ *     strata_l1_config.sketch_seed (0 = drawn from getrandom(2) per cache,
+ *     policy.c); its splitmix64 expansion gives Caffeine's odd multiplier in
+ *     spread() and the additive constant of the multiply-add before it.
+ *     Keys whose 32-bit key hash equals the victim's (XXH3, unkeyed: table.c)
+ *     still share all its counters, as keys with equal hashCode()s do in
+ *     Caffeine; for those the random admission of policy.c (admit()) is the
+ *     defence, as in Caffeine.  A side effect: hit ratios are a draw over
+ *     seeds, so benchmarks report means over fixed seeds (docs/notes/l1.md
+ *     D21).
  */
 #include <string.h>
 
@@ -55,8 +72,18 @@ static uint64_t ceil_pow2(uint64_t x) {
     return p;
 }
 
-int l1__sketch_init(l1_sketch *s, uint64_t entries, int doorkeeper) {
+uint64_t l1__splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+int l1__sketch_init(l1_sketch *s, uint64_t entries, int doorkeeper, uint64_t seed) {
     memset(s, 0, sizeof(*s));
+    uint64_t st = seed, x = l1__splitmix64(&st);
+    s->mul = (uint32_t)x | 1u; /* Caffeine 2.6.2: randomSeed, made odd */
+    s->add = (uint32_t)(x >> 32);
     if (entries < 8)
         entries = 8;
     if (entries > (1ULL << 30))
@@ -86,8 +113,19 @@ void l1__sketch_free(l1_sketch *s) {
     s->table = s->door = NULL;
 }
 
-/* Caffeine's spread(), after one multiply-add that decorrelates it from the
- * table's own use of the hash (the low XXH3 bits also pick table slots). */
+/* Caffeine 2.6.2's spread() with its per-sketch odd multiplier (randomSeed),
+ * after one multiply-add that decorrelates it from the table's own use of the
+ * hash (the low XXH3 bits also pick table slots); the additive constant is
+ * seeded too. */
+static inline uint32_t spread_seeded(const l1_sketch *s, uint32_t x) {
+    x = x * 0x9E3779B1u + s->add;
+    x = ((x >> 16) ^ x) * 0x45d9f3b;
+    x = ((x >> 16) ^ x) * s->mul;
+    return (x >> 16) ^ x;
+}
+
+/* The unseeded mix that steps the doorkeeper's probes (their first position
+ * is the seeded spread). */
 static inline uint32_t spread(uint32_t x) {
     x = x * 0x9E3779B1u + 0x7f4a7c15u;
     x = ((x >> 16) ^ x) * 0x45d9f3b;
@@ -126,7 +164,7 @@ static inline void locate(const l1_sketch *s, uint32_t h, int i, uint32_t *word,
 }
 
 void l1__sketch_prefetch(const l1_sketch *s, uint32_t hash) {
-    uint32_t h = spread(hash);
+    uint32_t h = spread_seeded(s, hash);
     for (int i = 0; i < 4; i++) {
         uint32_t w;
         int sh;
@@ -136,7 +174,7 @@ void l1__sketch_prefetch(const l1_sketch *s, uint32_t hash) {
 }
 
 void l1__sketch_increment(l1_sketch *s, uint32_t hash) {
-    uint32_t h = spread(hash);
+    uint32_t h = spread_seeded(s, hash);
     bool added = false;
     if (s->door && !door_test_set(s, h, true)) {
         added = true; /* first sighting in this sample: doorkeeper only */
@@ -156,7 +194,7 @@ void l1__sketch_increment(l1_sketch *s, uint32_t hash) {
 }
 
 int l1__sketch_frequency(const l1_sketch *s, uint32_t hash) {
-    uint32_t h = spread(hash);
+    uint32_t h = spread_seeded(s, hash);
     int f = 15;
     for (int i = 0; i < 4; i++) {
         uint32_t w;

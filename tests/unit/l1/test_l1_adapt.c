@@ -33,6 +33,10 @@
 #include "strata/l1.h"
 #include "strata/status.h"
 
+/* A fixed sketch seed: every policy decision (admission, window) repeats exactly (the
+ * default, 0, draws one per cache: docs/notes/l1.md D21). */
+#define TEST_SKETCH_SEED 1
+
 /* ---- streams ------------------------------------------------------------ */
 
 enum { S_RECENCY, S_REUSE, S_HOTSET, S_LOOP, S_ZIPFISH, S_ZIPSCAN };
@@ -134,6 +138,7 @@ typedef struct run_result {
 static strata_l1 *mk(uint64_t cap, strata_l1_policy pol) {
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = cap;
     cfg.policy = pol;
     strata_l1 *c = NULL;

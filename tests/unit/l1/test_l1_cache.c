@@ -22,11 +22,16 @@
 #include "strata/metrics.h"
 #include "strata/status.h"
 
+/* A fixed sketch seed: every policy decision (admission, window) repeats exactly (the
+ * default, 0, draws one per cache: docs/notes/l1.md D21). */
+#define TEST_SKETCH_SEED 1
+
 #define SEC STRATA_NS_PER_SEC
 
 static strata_l1 *mk(uint64_t cap, strata_l1_policy pol, strata_clock *clk) {
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = cap;
     cfg.policy = pol;
     cfg.clock = clk;
@@ -141,6 +146,7 @@ static void test_capacity_bound_and_listener(void **state) {
         listen_log log = {{0}, ""};
         strata_l1_config cfg;
         strata_l1_config_init(&cfg);
+        cfg.sketch_seed = TEST_SKETCH_SEED;
         cfg.capacity = 64;
         cfg.policy = (strata_l1_policy)pol;
         cfg.listener = listener;
@@ -169,6 +175,7 @@ static void test_weighted_capacity(void **state) {
     (void)state;
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = 10000;
     cfg.weigh = STRATA_L1_WEIGH_BYTES;
     strata_l1 *c;
@@ -215,6 +222,7 @@ static void test_ttl_manual_clock(void **state) {
     listen_log log = {{0}, ""};
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = 100;
     cfg.clock = clk;
     cfg.ttl_ns = 10 * SEC;
@@ -266,6 +274,7 @@ static void test_ttl_jitter(void **state) {
     strata_clock *clk = strata_clock_create_manual(SEC, 0);
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = 1000;
     cfg.clock = clk;
     cfg.jitter_pct = 20;
@@ -412,6 +421,7 @@ static void test_load_errors_and_negative_caching(void **state) {
     /* with it: cached for negative_ttl, then loaded again */
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = 100;
     cfg.clock = clk;
     cfg.negative_ttl_ns = 5 * SEC;
@@ -485,6 +495,7 @@ static void test_stale_while_revalidate_and_if_error(void **state) {
     strata_clock *clk = strata_clock_create_manual(SEC, 0);
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = 100;
     cfg.clock = clk;
     cfg.load_ttl_ns = 10 * SEC;
@@ -532,6 +543,7 @@ static void test_refresh_ahead_xfetch(void **state) {
     strata_clock *clk = strata_clock_create_manual(SEC, 0);
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = 100;
     cfg.clock = clk;
     cfg.load_ttl_ns = 10 * SEC;
@@ -669,6 +681,7 @@ static void test_doorkeeper(void **state) {
     (void)state;
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = 64;
     cfg.doorkeeper = 1;
     strata_l1 *c;
@@ -686,6 +699,70 @@ static void test_doorkeeper(void **state) {
     }
     assert_true(strata_l1_frequency(c, "d", 1) <= 1);
     strata_l1_destroy(&c);
+}
+
+/* The sketch's hash is seeded per cache (strata_l1_config.sketch_seed; 0 = a
+ * fresh one per cache, as Caffeine 2.6.2's randomSeed), so which keys share
+ * counters differs between caches and cannot be computed from outside.  One
+ * cache of 64 entries (64 sketch words) counts 1000 inserted keys; then the
+ * estimates of 200 keys it never saw are read: each is the minimum of four
+ * counters that other keys incremented, i.e. exactly what the seed changes. */
+#define SEED_PROBES 200
+static strata_l1 *seeded_cache(uint64_t seed, int probes[SEED_PROBES]) {
+    strata_l1_config cfg;
+    strata_l1_config_init(&cfg);
+    cfg.capacity = 64;
+    cfg.sketch_seed = seed;
+    strata_l1 *c;
+    assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
+    char k[16];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(k, sizeof k, "s%d", i);
+        assert_int_equal(setk(c, k, "v"), STRATA_OK);
+    }
+    for (int i = 0; i < SEED_PROBES; i++) {
+        snprintf(k, sizeof k, "u%d", i);
+        probes[i] = strata_l1_frequency(c, k, strlen(k));
+    }
+    return c;
+}
+
+static int probes_differing(const int *a, const int *b) {
+    int n = 0;
+    for (int i = 0; i < SEED_PROBES; i++)
+        n += a[i] != b[i];
+    return n;
+}
+
+static void test_sketch_seed_per_cache(void **state) {
+    (void)state;
+    int a[SEED_PROBES], a2[SEED_PROBES], b[SEED_PROBES], r1[SEED_PROBES], r2[SEED_PROBES],
+        replay[SEED_PROBES];
+    int nonzero = 0;
+    /* a fixed seed: the same counters, the same estimates, cache after cache */
+    strata_l1 *ca = seeded_cache(7, a), *ca2 = seeded_cache(7, a2);
+    assert_true(strata_l1_sketch_seed(ca) == 7);
+    assert_int_equal(probes_differing(a, a2), 0);
+    for (int i = 0; i < SEED_PROBES; i++)
+        nonzero += a[i] > 0;
+    assert_true(nonzero >= SEED_PROBES / 4); /* the probes do read shared counters */
+    /* another seed: other keys share the probes' counters */
+    strata_l1 *cb = seeded_cache(8, b);
+    assert_true(probes_differing(a, b) >= SEED_PROBES / 10);
+    /* the default: each cache draws its own seed, nonzero, and reports it... */
+    strata_l1 *c1 = seeded_cache(0, r1), *c2 = seeded_cache(0, r2);
+    uint64_t s1 = strata_l1_sketch_seed(c1), s2 = strata_l1_sketch_seed(c2);
+    assert_true(s1 != 0 && s2 != 0 && s1 != s2);
+    assert_true(probes_differing(r1, r2) >= SEED_PROBES / 10);
+    /* ...which, passed back, replays that cache's sketch exactly */
+    strata_l1 *cr = seeded_cache(s1, replay);
+    assert_int_equal(probes_differing(r1, replay), 0);
+    strata_l1_destroy(&ca);
+    strata_l1_destroy(&ca2);
+    strata_l1_destroy(&cb);
+    strata_l1_destroy(&c1);
+    strata_l1_destroy(&c2);
+    strata_l1_destroy(&cr);
 }
 
 /* Recency-heavy stream: half the requests are new keys, the other half
@@ -752,6 +829,7 @@ static void test_metrics_registered(void **state) {
     assert_non_null(m);
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = 10;
     cfg.metrics = m;
     cfg.name = "profiles";
@@ -788,6 +866,7 @@ static void test_alloc_failure_sweep(void **state) {
     for (uint64_t n = 1; n < 400 && !clean; n++) {
         strata_l1_config cfg;
         strata_l1_config_init(&cfg);
+        cfg.sketch_seed = TEST_SKETCH_SEED;
         cfg.capacity = 16;
         cfg.negative_ttl_ns = SEC;
         strata_alloc_fail_at(n, 0);
@@ -861,6 +940,7 @@ int main(void) {
         cmocka_unit_test(test_sketch_aging),
         cmocka_unit_test(test_sketch_starts_at_half_full),
         cmocka_unit_test(test_doorkeeper),
+        cmocka_unit_test(test_sketch_seed_per_cache),
         cmocka_unit_test(test_window_adapts),
         cmocka_unit_test(test_metrics_registered),
         cmocka_unit_test(test_alloc_failure_sweep),

@@ -31,6 +31,10 @@
 #include "strata/l1.h"
 #include "strata/status.h"
 
+/* A fixed sketch seed: every policy decision (admission, window) repeats exactly (the
+ * default, 0, draws one per cache: docs/notes/l1.md D21). */
+#define TEST_SKETCH_SEED 1
+
 #define NKEYS 300
 #define CAP   64
 #define STEPS 60000
@@ -82,6 +86,7 @@ static void run_model_ex(strata_l1_policy pol, uint32_t seed, int with_listener)
     strata_clock *clk = strata_clock_create_manual(STRATA_NS_PER_SEC, 0);
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
+    cfg.sketch_seed = TEST_SKETCH_SEED;
     cfg.capacity = CAP;
     cfg.policy = pol;
     cfg.clock = clk;
