@@ -110,8 +110,7 @@ typedef struct l1_seg {
     size_t live, tombs;
     strata_l1_entry *pending;
     uint32_t npending;
-    uint32_t
-        nloads; /* loads mapped for this segment's keys (under `lock`: fast inserts check it) */
+    uint32_t nloads; /* loads mapped for its keys (under `lock`; fast inserts check it) */
     pthread_mutex_t lock;
     char pad[128 - 40 - sizeof(pthread_mutex_t)]; /* two cache lines per segment (no _Alignas:
                                                      the cache comes from strata_calloc) */
