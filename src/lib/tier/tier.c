@@ -379,6 +379,17 @@ static void keep_stale(tier_load *l, const strata_redis_reply *v, const strata_r
     l->stale_ver = strtoll(ver->str, NULL, 10);
 }
 
+/* A Redis reply for l arrived: one operation fewer in flight.  Returns true
+ * (and frees l when nothing else holds it) when the tier is closing, so the
+ * reply is not acted on. */
+static bool reply_while_closing(tier_load *l) {
+    l->pending_ops--;
+    if (!l->t->closing)
+        return false;
+    load_maybe_free(l);
+    return true;
+}
+
 static void wait_timer_cb(uv_timer_t *h) {
     tier_load *l = h->data;
     l->timer_on = false;
@@ -388,11 +399,8 @@ static void wait_timer_cb(uv_timer_t *h) {
 static void get_done(void *ud, int status, const strata_redis_reply *r) {
     tier_load *l = ud;
     strata_tier *t = l->t;
-    l->pending_ops--;
-    if (t->closing) {
-        load_maybe_free(l);
+    if (reply_while_closing(l))
         return;
-    }
     if (status != STRATA_OK || !r || r->type != STRATA_REPLY_ARRAY || r->elements != 5 ||
         r->element[0]->type != STRATA_REPLY_STRING || r->element[1]->type != STRATA_REPLY_STRING ||
         r->element[2]->type != STRATA_REPLY_STRING) {
@@ -536,11 +544,8 @@ static void defer_refresh(tier_load *l, int64_t now) {
 static void cap_done(void *ud, int status, const strata_redis_reply *r) {
     tier_load *l = ud;
     strata_tier *t = l->t;
-    l->pending_ops--;
-    if (t->closing) {
-        load_maybe_free(l);
+    if (reply_while_closing(l))
         return;
-    }
     if (status != STRATA_OK || !r || r->type != STRATA_REPLY_ARRAY || r->elements != 4 ||
         r->element[0]->type != STRATA_REPLY_INTEGER ||
         r->element[1]->type != STRATA_REPLY_INTEGER ||
@@ -630,11 +635,8 @@ static void note_filled(tier_load *l) {
 static void hmget_done(void *ud, int status, const strata_redis_reply *r) {
     tier_load *l = ud;
     strata_tier *t = l->t;
-    l->pending_ops--;
-    if (t->closing) {
-        load_maybe_free(l);
+    if (reply_while_closing(l))
         return;
-    }
     if (status == STRATA_OK && r && r->type == STRATA_REPLY_ARRAY && r->elements == 6 &&
         r->element[0]->type == STRATA_REPLY_STRING && r->element[1]->type == STRATA_REPLY_STRING &&
         r->element[2]->type == STRATA_REPLY_STRING) {
