@@ -65,4 +65,18 @@ static inline long long lge_kv_int(const char *out, const char *key) {
     return *v ? strtoll(v, NULL, 10) : -1;
 }
 
+/* Starts `strata serve` on the Redis at redis_url with a SQLite file in the test's
+ * tmpdir (its URL into db, for the load generator's checks) and a per-user burst
+ * large enough for the load generator; its base URL ("http://127.0.0.1:PORT")
+ * goes into url. */
+static inline int lge_serve_start(sh_serve **srv, const char *redis_url, char *db, size_t dbcap,
+                                  char *url, size_t urlcap) {
+    snprintf(db, dbcap, "sqlite://%s/lg.db", sh_tmpdir());
+    const char *args[] = {"--redis", redis_url, "--db", db, "--user-burst=100", NULL};
+    int rc = sh_serve_start(srv, args);
+    if (rc == STRATA_OK)
+        snprintf(url, urlcap, "http://127.0.0.1:%u", (unsigned)sh_serve_port(*srv));
+    return rc;
+}
+
 #endif

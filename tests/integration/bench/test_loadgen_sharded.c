@@ -33,12 +33,9 @@ static int setup(void **state) {
     (void)state;
     if (sh_redis_start(&redis, NULL) != STRATA_OK)
         return -1;
-    snprintf(db, sizeof db, "sqlite://%s/lg.db", sh_tmpdir());
-    const char *args[] = {"--redis", sh_redis_url(redis), "--db", db, "--user-burst=100", NULL};
-    if (sh_serve_start(&srv, args) != STRATA_OK)
-        return -1;
-    snprintf(url, sizeof url, "http://127.0.0.1:%u", (unsigned)sh_serve_port(srv));
-    return 0;
+    return lge_serve_start(&srv, sh_redis_url(redis), db, sizeof db, url, sizeof url) == STRATA_OK
+               ? 0
+               : -1;
 }
 
 static int teardown(void **state) {
