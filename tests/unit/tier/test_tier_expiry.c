@@ -118,21 +118,29 @@ static void reset_counts(void) {
     atomic_store(&g_loads, 0);
 }
 
-static void run(bool protections) {
+/* An empty Redis, a manual clock (returned: the caller destroys it) and the
+ * config both runs share: namespace, database, clock, no Bloom filter, the
+ * load-counting hook, a bulkhead above the tests' windows (no backpressure). */
+static strata_clock *fresh_run(strata_tier_config *c) {
     char *fr = sh_redis_cmd(sh_redis_port(g_redis), "FLUSHALL");
     free(fr);
     strata_clock *clock = strata_clock_create_manual(1000000000ull, 1700000000000LL);
+    strata_tier_config_init(c);
+    c->ns = "exp";
+    c->db = g_db;
+    c->clock = clock;
+    c->bloom = false;
+    c->deadline_ms = 30000;
+    c->load_hook = hook;
+    c->bulkhead = 128;
+    return clock;
+}
+
+static void run(bool protections) {
     strata_tier_config c;
-    strata_tier_config_init(&c);
-    c.ns = "exp";
-    c.db = g_db;
-    c.clock = clock;
-    c.bloom = false;
+    strata_clock *clock = fresh_run(&c);
     c.ttl_ms = 10000;
-    c.deadline_ms = 30000;
-    c.load_hook = hook;
     c.l1_ttl_ms = 1000;
-    c.bulkhead = 128;      /* above the test's window: no backpressure while warming */
     c.refresh_cap_pct = 0; /* the clock stands still while these read: see refresh_cap_* */
     if (protections) {
         c.jitter_pct = 10;
@@ -301,21 +309,11 @@ static void note_step_loads(void) {
  */
 static void run_cap(bool cap, int secs, cap_run *out) {
     memset(out, 0, sizeof *out);
-    char *fr = sh_redis_cmd(sh_redis_port(g_redis), "FLUSHALL");
-    free(fr);
-    strata_clock *clock = strata_clock_create_manual(1000000000ull, 1700000000000LL);
     strata_tier_config c;
-    strata_tier_config_init(&c);
-    c.ns = "exp";
-    c.db = g_db;
-    c.clock = clock;
-    c.bloom = false;
+    strata_clock *clock = fresh_run(&c);
     c.ttl_ms = TTL_MS;
     /* Redis' hard expiry (PEXPIRE) runs on real time: keep it far beyond the run */
     c.stale_ms = 600000;
-    c.deadline_ms = 30000;
-    c.load_hook = hook;
-    c.bulkhead = 128;
     /* All gets of a step share one instant; the cap's burst must cover a step for the
      * stepped clock to behave as a continuous one (the bench does the same). */
     c.refresh_cap_burst_ms = STEP_MS;
