@@ -22,9 +22,7 @@
 #include "strata/metrics.h"
 #include "strata/status.h"
 
-/* A fixed sketch seed: every policy decision (admission, window) repeats exactly (the
- * default, 0, draws one per cache: docs/notes/l1.md D21). */
-#define TEST_SKETCH_SEED 1
+#include "l1_test.h"
 
 #define SEC STRATA_NS_PER_SEC
 

@@ -45,9 +45,7 @@
 #include "strata/l1.h"
 #include "strata/status.h"
 
-/* A fixed sketch seed: every policy decision (admission, window) repeats exactly (the
- * default, 0, draws one per cache: docs/notes/l1.md D21). */
-#define TEST_SKETCH_SEED 1
+#include "l1_test.h"
 
 #ifdef __SANITIZE_THREAD__
 #define OPS 30000
