@@ -390,6 +390,21 @@ static bool reply_while_closing(tier_load *l) {
     return true;
 }
 
+/* Answers a fresh Redis hit (a cached value, or a cached absence when neg);
+ * the L1 keeps the value for l1_ttl_ms, at most until the soft expiry `left`
+ * ms away (at least 1 ms). */
+static void answer_redis_hit(tier_load *l, bool neg, const char *val, size_t len, int64_t version,
+                             int64_t left) {
+    if (neg) {
+        answer(l, STRATA_ENOTFOUND, STRATA_TIER_HIT_REDIS, NULL, 0, version, 0);
+        return;
+    }
+    uint64_t l1ttl = l->t->cfg.l1_ttl_ms;
+    if (left > 0 && (uint64_t)left < l1ttl)
+        l1ttl = (uint64_t)left;
+    answer(l, STRATA_OK, STRATA_TIER_HIT_REDIS, val, len, version, l1ttl ? l1ttl : 1);
+}
+
 static void wait_timer_cb(uv_timer_t *h) {
     tier_load *l = h->data;
     l->timer_on = false;
@@ -424,14 +439,7 @@ static void get_done(void *ud, int status, const strata_redis_reply *r) {
         inc(&t->redis_hits, NULL);
         if (neg)
             inc(&t->negative_hits, NULL);
-        int64_t left = soft - wall_ms(t);
-        uint64_t l1ttl = t->cfg.l1_ttl_ms;
-        if (left > 0 && (uint64_t)left < l1ttl)
-            l1ttl = (uint64_t)left;
-        if (neg)
-            answer(l, STRATA_ENOTFOUND, STRATA_TIER_HIT_REDIS, NULL, 0, version, 0);
-        else
-            answer(l, STRATA_OK, STRATA_TIER_HIT_REDIS, v->str, v->len, version, l1ttl ? l1ttl : 1);
+        answer_redis_hit(l, neg, v->str, v->len, version, soft - wall_ms(t));
         if (strcmp(st, "refresh") == 0) {
             inc(&t->early_refreshes, NULL);
             inc(&t->lease_grants, NULL);
@@ -526,15 +534,8 @@ static void defer_refresh(tier_load *l, int64_t now) {
     strata_tier *t = l->t;
     inc(&t->refresh_deferred, t->m_refresh_deferred);
     if (now < l->soft) {
-        uint64_t l1ttl = t->cfg.l1_ttl_ms;
-        if ((uint64_t)(l->soft - now) < l1ttl)
-            l1ttl = (uint64_t)(l->soft - now);
         inc(&t->redis_hits, NULL);
-        if (l->stale_neg)
-            answer(l, STRATA_ENOTFOUND, STRATA_TIER_HIT_REDIS, NULL, 0, l->stale_ver, 0);
-        else
-            answer(l, STRATA_OK, STRATA_TIER_HIT_REDIS, l->stale, l->stale_len, l->stale_ver,
-                   l1ttl ? l1ttl : 1);
+        answer_redis_hit(l, l->stale_neg, l->stale, l->stale_len, l->stale_ver, l->soft - now);
     } else {
         answer_stale_or(l, STRATA_OK);
     }
@@ -653,14 +654,7 @@ static void hmget_done(void *ud, int status, const strata_redis_reply *r) {
             inc(&t->redis_hits, NULL);
             if (neg)
                 inc(&t->negative_hits, NULL);
-            uint64_t l1ttl = t->cfg.l1_ttl_ms;
-            if ((uint64_t)(soft - now) < l1ttl)
-                l1ttl = (uint64_t)(soft - now);
-            if (neg)
-                answer(l, STRATA_ENOTFOUND, STRATA_TIER_HIT_REDIS, NULL, 0, version, 0);
-            else
-                answer(l, STRATA_OK, STRATA_TIER_HIT_REDIS, r->element[0]->str, r->element[0]->len,
-                       version, l1ttl ? l1ttl : 1);
+            answer_redis_hit(l, neg, r->element[0]->str, r->element[0]->len, version, soft - now);
             load_maybe_free(l);
             return;
         }
