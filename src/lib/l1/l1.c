@@ -206,7 +206,7 @@ static void apply_event(strata_l1 *c, strata_l1_entry *nw) {
 
 static bool same_key(const strata_l1_entry *a, const strata_l1_entry *b) {
     return a->hash == b->hash && a->klen == b->klen &&
-           memcmp(l1_entry_keyp(a), l1_entry_keyp(b), a->klen) == 0;
+           l1_bytes_eq(l1_entry_keyp(a), l1_entry_keyp(b), a->klen);
 }
 
 /* Writer lock and seg's lock held: applies the pending replaces of e's key,
@@ -500,8 +500,9 @@ static void maintain_locked(strata_l1 *c, bool full) {
     atomic_store_explicit(&c->cost_snapshot, c->total_cost, memory_order_relaxed);
 }
 
-/* After a write: cheap drain every time, the full cycle every MAINT_EVERY writes. */
-static void after_write(strata_l1 *c) {
+/* After a write or a full read buffer: cheap drain every time, the full cycle
+ * every MAINT_EVERY calls. */
+static void maintain_step(strata_l1 *c) {
     maintain_locked(c, (++c->ops_since_reclaim % MAINT_EVERY) == 0);
 }
 
@@ -894,7 +895,7 @@ static bool fast_write(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
         /* an insert is not its own victim (read-your-write); e may be applied,
          * even evicted by now: it is only compared with */
         c->pinned = insert ? e : NULL;
-        maintain_locked(c, (++c->ops_since_reclaim % MAINT_EVERY) == 0);
+        maintain_step(c);
         c->pinned = NULL;
         unlock(c);
     }
@@ -930,7 +931,7 @@ int strata_l1_set(strata_l1 *c, const void *key, size_t klen, const void *val, s
     int rc = store_locked(c, e, tag);
     if (rc == STRATA_OK) {
         drop_load(c, key, klen, hash); /* a set wins over an in-flight load */
-        after_write(c);
+        maintain_step(c);
     }
     unlock(c);
     if (rc < 0)
@@ -962,7 +963,7 @@ static inline void maybe_drain(strata_l1 *c, l1_stripe *st) {
         return;
     if (pthread_mutex_trylock(&c->lock) != 0)
         return;
-    maintain_locked(c, (++c->ops_since_reclaim % MAINT_EVERY) == 0);
+    maintain_step(c);
     unlock(c);
 }
 
@@ -1037,7 +1038,7 @@ static int do_read(strata_l1 *c, const void *key, size_t klen, int mode, read_ct
     rx->vlen = e->vlen;
     if (mode == READ_COPY) {
         if (rx->buf && e->vlen <= rx->cap)
-            memcpy(rx->buf, l1_entry_valp(e), e->vlen);
+            l1_bytes_copy(rx->buf, l1_entry_valp(e), e->vlen);
         else if (rx->buf)
             rc = STRATA_ERANGE;
     } else if (mode == READ_BUF) {
@@ -1091,7 +1092,7 @@ int strata_l1_invalidate(strata_l1 *c, const void *key, size_t klen) {
     strata_l1_entry *e = l1__table_find(c, key, klen, hash, tag);
     if (e)
         l1__evict(c, e, STRATA_L1_CAUSE_INVALIDATED);
-    after_write(c);
+    maintain_step(c);
     unlock(c);
     return e ? STRATA_OK : STRATA_ENOTFOUND;
 }
@@ -1341,7 +1342,7 @@ int strata_l1_load_complete(strata_l1_load *ld, int status, const void *val, siz
     if (e && store) {
         if (store_locked(c, e, tag) == STRATA_OK) {
             stored = true;
-            after_write(c);
+            maintain_step(c);
         } else if (!negative) {
             rc = STRATA_ENOMEM; /* the table could not grow: waiters still get the value */
         }

@@ -25,6 +25,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "strata/l1.h"
 
@@ -74,6 +75,46 @@ static inline unsigned char *l1_entry_keyp(const strata_l1_entry *e) {
 }
 static inline unsigned char *l1_entry_valp(const strata_l1_entry *e) {
     return l1_entry_keyp(e) + e->klen;
+}
+
+/* Key comparison and value copy on the read path, inline for the short keys
+ * and values a cache mostly holds (4..16 bytes: two possibly overlapping
+ * loads a side) and memcmp/memcpy beyond: the library calls cost 15 and 10
+ * instructions a read at 8 bytes (callgrind, docs/notes/l1.md round 7). */
+static inline uint64_t l1__load64(const void *p) {
+    uint64_t x;
+    memcpy(&x, p, sizeof(x));
+    return x;
+}
+static inline uint32_t l1__load32(const void *p) {
+    uint32_t x;
+    memcpy(&x, p, sizeof(x));
+    return x;
+}
+static inline bool l1_bytes_eq(const void *a, const void *b, size_t n) {
+    const unsigned char *x = a, *y = b;
+    if (n >= 8 && n <= 16)
+        return ((l1__load64(x) ^ l1__load64(y)) |
+                (l1__load64(x + n - 8) ^ l1__load64(y + n - 8))) == 0;
+    if (n >= 4 && n < 8)
+        return ((l1__load32(x) ^ l1__load32(y)) |
+                (l1__load32(x + n - 4) ^ l1__load32(y + n - 4))) == 0;
+    return memcmp(a, b, n) == 0;
+}
+static inline void l1_bytes_copy(void *dst, const void *src, size_t n) {
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    if (n >= 8 && n <= 16) {
+        uint64_t lo = l1__load64(s), hi = l1__load64(s + n - 8);
+        memcpy(d, &lo, 8);
+        memcpy(d + n - 8, &hi, 8);
+    } else if (n >= 4 && n < 8) {
+        uint32_t lo = l1__load32(s), hi = l1__load32(s + n - 4);
+        memcpy(d, &lo, 4);
+        memcpy(d + n - 4, &hi, 4);
+    } else {
+        memcpy(dst, src, n);
+    }
 }
 
 /* ---- epoch-based reclamation (ebr.c) ---------------------------------- */
@@ -143,6 +184,8 @@ _Static_assert(offsetof(l1_stripe, slots) == 128, "slots start on their own cach
 
 /* ---- frequency sketch (sketch.c) --------------------------------------- */
 
+#define L1_SKETCH_MEMO 64 /* positions memoised between prefetch and increment (a power of two) */
+
 typedef struct l1_sketch {
     uint64_t *table;    /* 16 four-bit counters per word */
     uint64_t *door;     /* doorkeeper bloom filter bits (NULL = off) */
@@ -152,6 +195,16 @@ typedef struct l1_sketch {
     uint64_t size;      /* additions since the last reset */
     uint64_t sample;    /* reset (age) every `sample` additions */
     uint64_t resets;
+    /* The positions l1__sketch_prefetch computed for the last few hashes, so
+     * the increment that follows a few entries later does not compute them
+     * again (they depend only on the hash and the fixed seed and sizes, so a
+     * memo entry never goes stale).  Direct-mapped by the hash's low bits. */
+    struct l1_sketch_pos {
+        uint32_t hash;    /* the key hash these are for */
+        uint32_t spread;  /* spread_seeded(hash): its low two bits pick the counter group */
+        uint32_t word[4]; /* the counter word of each row */
+        uint32_t door[3]; /* the doorkeeper bits */
+    } memo[L1_SKETCH_MEMO];
 } l1_sketch;
 
 /* seed: the cache's resolved sketch seed (nonzero; policy.c draws it when the config's is 0). */
@@ -162,8 +215,10 @@ void l1__sketch_free(l1_sketch *s);
 void l1__sketch_increment(l1_sketch *s, uint32_t hash);
 int l1__sketch_frequency(const l1_sketch *s, uint32_t hash);
 void l1__sketch_reset(l1_sketch *s);
-/* Prefetches the four counter words of hash (the drain calls it a few entries ahead). */
-void l1__sketch_prefetch(const l1_sketch *s, uint32_t hash);
+/* Prefetches the four counter words and the doorkeeper words of hash, and
+ * memoises their positions for the increment (the drain calls it a few
+ * entries ahead). */
+void l1__sketch_prefetch(l1_sketch *s, uint32_t hash);
 
 /* ---- sampled shadow LRU (sketch.c): does exact LRU beat the policy? ------ */
 

@@ -82,6 +82,8 @@ uint64_t l1__splitmix64(uint64_t *state) {
 int l1__sketch_init(l1_sketch *s, uint64_t entries, int doorkeeper, uint64_t seed) {
     memset(s, 0, sizeof(*s));
     uint64_t st = seed, x = l1__splitmix64(&st);
+    for (uint32_t i = 0; i < L1_SKETCH_MEMO; i++)
+        s->memo[i].hash = ~i; /* ~i & (L1_SKETCH_MEMO - 1) != i: matches no hash of slot i */
     s->mul = (uint32_t)x | 1u; /* Caffeine 2.6.2: randomSeed, made odd */
     s->add = (uint32_t)(x >> 32);
     if (entries < 8)
@@ -133,78 +135,110 @@ static inline uint32_t spread(uint32_t x) {
     return (x >> 16) ^ x;
 }
 
-/* The doorkeeper: a Bloom filter with three probes. */
-static inline bool door_test_set(l1_sketch *s, uint32_t h, bool set) {
-    bool in = true;
-    uint32_t x = h;
-    for (int i = 0; i < 3; i++) {
-        uint32_t b = x & s->door_mask;
-        if (!(s->door[b >> 6] & (1ULL << (b & 63))))
-            in = false;
-        x = spread(x ^ 0x9e3779b9u);
-    }
-    if (set && !in) {
-        x = h;
+typedef struct l1_sketch_pos l1_sketch_pos;
+
+static inline uint32_t row_word(const l1_sketch *s, uint32_t h, int i) {
+    uint64_t x = SEED[i] * h;
+    x += x >> 32;
+    return (uint32_t)(((uint64_t)(uint32_t)x * s->words) >> 32);
+}
+
+/* The positions of hash: the word of each row (Caffeine's indexOf, reduced
+ * by multiply-high instead of a power-of-two mask; the counter's offset in
+ * it is ((spread & 3) * 4 + row) * 4), and the doorkeeper's three bits (a
+ * Bloom filter: the first at the seeded spread, the next ones stepped by the
+ * unseeded mix). */
+static inline void locate(const l1_sketch *s, uint32_t hash, l1_sketch_pos *p) {
+    uint32_t h = spread_seeded(s, hash);
+    p->hash = hash;
+    p->spread = h;
+    p->word[0] = row_word(s, h, 0); /* unrolled by hand: gcc -O2 keeps the loop */
+    p->word[1] = row_word(s, h, 1);
+    p->word[2] = row_word(s, h, 2);
+    p->word[3] = row_word(s, h, 3);
+    if (s->door) {
+        uint32_t x = h;
         for (int i = 0; i < 3; i++) {
-            uint32_t b = x & s->door_mask;
-            s->door[b >> 6] |= 1ULL << (b & 63);
+            p->door[i] = x & s->door_mask;
             x = spread(x ^ 0x9e3779b9u);
         }
     }
-    return in;
 }
 
-/* Row i of key hash h: the word (Caffeine's indexOf, reduced by multiply-high
- * instead of a power-of-two mask) and the counter's bit offset in it. */
-static inline void locate(const l1_sketch *s, uint32_t h, int i, uint32_t *word, int *shift) {
-    uint64_t x = SEED[i] * h;
-    x += x >> 32;
-    *word = (uint32_t)(((uint64_t)(uint32_t)x * s->words) >> 32);
-    *shift = (int)(((h & 3) << 2) + (uint32_t)i) << 2;
+static inline int row_shift(const l1_sketch_pos *p, int i) {
+    return (int)(((p->spread & 3) << 2) + (uint32_t)i) << 2;
 }
 
-void l1__sketch_prefetch(const l1_sketch *s, uint32_t hash) {
-    uint32_t h = spread_seeded(s, hash);
-    for (int i = 0; i < 4; i++) {
-        uint32_t w;
-        int sh;
-        locate(s, h, i, &w, &sh);
-        __builtin_prefetch(&s->table[w], 1, 1);
-    }
+/* Adds one to the 4-bit counter at bit sh of *w unless it is saturated. */
+static inline bool count_up(uint64_t *w, int sh) {
+    if (((*w >> sh) & 0xf) == 0xf)
+        return false;
+    *w += 1ULL << sh;
+    return true;
+}
+
+static inline bool door_has(const l1_sketch *s, const l1_sketch_pos *p) {
+    for (int i = 0; i < 3; i++)
+        if (!(s->door[p->door[i] >> 6] & (1ULL << (p->door[i] & 63))))
+            return false;
+    return true;
+}
+
+/* The memoised positions of hash, or NULL. */
+static inline const l1_sketch_pos *memo_get(const l1_sketch *s, uint32_t hash) {
+    const l1_sketch_pos *p = &s->memo[hash & (L1_SKETCH_MEMO - 1)];
+    return p->hash == hash ? p : NULL;
+}
+
+void l1__sketch_prefetch(l1_sketch *s, uint32_t hash) {
+    l1_sketch_pos *p = &s->memo[hash & (L1_SKETCH_MEMO - 1)];
+    locate(s, hash, p);
+    __builtin_prefetch(&s->table[p->word[0]], 1, 1);
+    __builtin_prefetch(&s->table[p->word[1]], 1, 1);
+    __builtin_prefetch(&s->table[p->word[2]], 1, 1);
+    __builtin_prefetch(&s->table[p->word[3]], 1, 1);
+    if (s->door)
+        for (int i = 0; i < 3; i++)
+            __builtin_prefetch(&s->door[p->door[i] >> 6], 1, 1);
 }
 
 void l1__sketch_increment(l1_sketch *s, uint32_t hash) {
-    uint32_t h = spread_seeded(s, hash);
+    l1_sketch_pos local;
+    const l1_sketch_pos *p = memo_get(s, hash);
+    if (!p) {
+        locate(s, hash, &local);
+        p = &local;
+    }
     bool added = false;
-    if (s->door && !door_test_set(s, h, true)) {
-        added = true; /* first sighting in this sample: doorkeeper only */
+    if (s->door && !door_has(s, p)) {
+        for (int i = 0; i < 3; i++) /* first sighting in this sample: doorkeeper only */
+            s->door[p->door[i] >> 6] |= 1ULL << (p->door[i] & 63);
+        added = true;
     } else {
-        for (int i = 0; i < 4; i++) {
-            uint32_t w;
-            int sh;
-            locate(s, h, i, &w, &sh);
-            if (((s->table[w] >> sh) & 0xf) != 0xf) {
-                s->table[w] += 1ULL << sh;
-                added = true;
-            }
-        }
+        int sh = (int)(p->spread & 3) << 4; /* row i's counter: bits sh + 4i .. sh + 4i + 3 */
+        added |= count_up(&s->table[p->word[0]], sh);
+        added |= count_up(&s->table[p->word[1]], sh + 4);
+        added |= count_up(&s->table[p->word[2]], sh + 8);
+        added |= count_up(&s->table[p->word[3]], sh + 12);
     }
     if (added && ++s->size >= s->sample)
         l1__sketch_reset(s);
 }
 
 int l1__sketch_frequency(const l1_sketch *s, uint32_t hash) {
-    uint32_t h = spread_seeded(s, hash);
+    l1_sketch_pos local;
+    const l1_sketch_pos *p = memo_get(s, hash);
+    if (!p) {
+        locate(s, hash, &local);
+        p = &local;
+    }
     int f = 15;
     for (int i = 0; i < 4; i++) {
-        uint32_t w;
-        int sh;
-        locate(s, h, i, &w, &sh);
-        int c = (int)((s->table[w] >> sh) & 0xf);
+        int c = (int)((s->table[p->word[i]] >> row_shift(p, i)) & 0xf);
         if (c < f)
             f = c;
     }
-    if (s->door && door_test_set((l1_sketch *)s, h, false))
+    if (s->door && door_has(s, p))
         f++;
     return f;
 }

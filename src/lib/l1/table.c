@@ -96,7 +96,7 @@ strata_l1_entry *l1__table_find(strata_l1 *c, const void *key, size_t klen, uint
             return NULL;
         if ((uint16_t)(s >> 48) == tag && s != L1_TOMB) {
             strata_l1_entry *e = slot_ptr(s);
-            if (e->hash == h && e->klen == klen && memcmp(l1_entry_keyp(e), key, klen) == 0)
+            if (e->hash == h && e->klen == klen && l1_bytes_eq(l1_entry_keyp(e), key, klen))
                 return e;
         }
         if (++i == n)
@@ -160,7 +160,7 @@ static _Atomic uintptr_t *find_key(l1_table *t, const strata_l1_entry *e, uint16
         if (s != L1_TOMB && (uint16_t)(s >> 48) == tag) {
             strata_l1_entry *x = slot_ptr(s);
             if (x->hash == e->hash && x->klen == e->klen &&
-                memcmp(l1_entry_keyp(x), key, e->klen) == 0) {
+                l1_bytes_eq(l1_entry_keyp(x), key, e->klen)) {
                 *found = x;
                 return &t->slots[i];
             }

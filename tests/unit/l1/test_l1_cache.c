@@ -22,6 +22,7 @@
 #include "strata/metrics.h"
 #include "strata/status.h"
 
+#include "l1/l1_internal.h" /* l1_bytes_eq */
 #include "l1_test.h"
 
 #define SEC STRATA_NS_PER_SEC
@@ -59,6 +60,55 @@ static void warm_half(strata_l1 *c, uint64_t cap) {
         snprintf(k, sizeof k, "fill%llu", (unsigned long long)i);
         assert_int_equal(setk(c, k, "w"), STRATA_OK);
     }
+}
+
+/* Keys and values of every length around the inline compare and copy of
+ * the read path (l1_internal.h: 4..16 bytes as two overlapping words,
+ * memcmp and memcpy beyond).  The compare itself first: a lookup reaches it
+ * only when 48 hash bits match, so through the API a wrong compare could
+ * not show.  Then the API: a key one byte off misses, the key hits, and the
+ * copy writes exactly vlen bytes. */
+static void test_key_and_value_lengths(void **state) {
+    (void)state;
+    unsigned char a[40], b[40];
+    for (size_t n = 1; n <= sizeof a; n++) {
+        for (size_t i = 0; i < n; i++)
+            a[i] = b[i] = (unsigned char)(i * 13 + n);
+        assert_true(l1_bytes_eq(a, b, n));
+        for (size_t i = 0; i < n; i++) {
+            b[i] ^= 0x80;
+            assert_false(l1_bytes_eq(a, b, n));
+            b[i] ^= 0x80;
+        }
+    }
+    strata_l1 *c = mk(1000, STRATA_L1_WTINYLFU, NULL);
+    unsigned char key[40], val[40], probe[40], out[48];
+    for (size_t n = 1; n <= sizeof key; n++) {
+        for (size_t i = 0; i < n; i++) {
+            key[i] = (unsigned char)(0xA0 + n);
+            val[i] = (unsigned char)(n * 7 + i);
+        }
+        assert_int_equal(strata_l1_set(c, key, n, val, n, NULL), STRATA_OK);
+        for (size_t i = 0; i < n; i++) { /* one byte off at every position */
+            memcpy(probe, key, n);
+            probe[i] ^= 0x01;
+            assert_int_equal(strata_l1_get_copy(c, probe, n, NULL, 0, NULL), STRATA_ENOTFOUND);
+        }
+        memset(out, 0xEE, sizeof out);
+        size_t vlen = 0;
+        assert_int_equal(strata_l1_get_copy(c, key, n, out, sizeof out, &vlen), STRATA_L1_HIT);
+        assert_int_equal(vlen, n);
+        assert_memory_equal(out, val, n);
+        for (size_t i = n; i < sizeof out; i++)
+            assert_int_equal(out[i], 0xEE); /* nothing written past vlen */
+    }
+    for (size_t n = 1; n <= sizeof key; n++) { /* every length is a distinct key */
+        memset(key, (int)(0xA0 + n), n);
+        size_t vlen = 0;
+        assert_int_equal(strata_l1_get_copy(c, key, n, NULL, 0, &vlen), STRATA_L1_HIT);
+        assert_int_equal(vlen, n);
+    }
+    strata_l1_destroy(&c);
 }
 
 static void test_set_get_replace_invalidate(void **state) {
@@ -922,6 +972,7 @@ static void test_alloc_failure_sweep(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_set_get_replace_invalidate),
+        cmocka_unit_test(test_key_and_value_lengths),
         cmocka_unit_test(test_prefix_and_clear),
         cmocka_unit_test(test_capacity_bound_and_listener),
         cmocka_unit_test(test_weighted_capacity),
