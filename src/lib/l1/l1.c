@@ -1017,7 +1017,8 @@ typedef struct read_ctx {
 
 enum { READ_COPY, READ_BUF, READ_REF };
 
-static int do_read(strata_l1 *c, const void *key, size_t klen, int mode, read_ctx *rx) {
+static inline __attribute__((always_inline)) int do_read(strata_l1 *c, const void *key, size_t klen,
+                                                         int mode, read_ctx *rx) {
     if (!c || !key || klen == 0 || klen > MAX_KEY)
         return STRATA_EINVAL;
     uint16_t tag;
