@@ -123,13 +123,14 @@ typedef struct strata_l1_config {
     strata_l1_fast_insert fast_insert; /* with fast_replace: when a set without TTL of an
                          absent key takes only its segment lock while the cache has room for
                          it (D19); default AUTO: once the writer lock was seen contended. */
-    uint64_t sketch_seed; /* seed of the TinyLFU sketch's hash and of the random admission;
-                         default 0 = a fresh one per cache from getrandom(2), as Caffeine 2.6.2
-                         draws one per FrequencySketch.  Why per cache: with a known, fixed
-                         hash an attacker can compute keys whose sketch counters are a victim
-                         key's and request them to inflate its frequency (a cold key of
-                         theirs then wins admission, or a victim is never evicted: admission
-                         poisoning).  Nonzero = that seed: every policy decision repeats
+    uint64_t sketch_seed; /* seed of the key hash (table, sketch, sampling), the TinyLFU
+                         sketch's hash and the random admission; default 0 = a fresh one per
+                         cache from getrandom(2), as Caffeine 2.6.2 draws one per
+                         FrequencySketch.  Why per cache: with a known, fixed hash an attacker
+                         can compute keys whose sketch counters are a victim key's and request
+                         them to inflate its frequency (a cold key of theirs then wins
+                         admission, or a victim is never evicted: admission poisoning), or
+                         keys that pile into one probe run of the table.  Nonzero = that seed: every policy decision repeats
                          exactly (tests, reproducible benchmarks; strata_l1_sketch_seed()
                          tells the seed a cache drew).  Hit ratios depend on the seed by up
                          to a few points on small caches (docs/notes/l1.md D21). */

@@ -918,7 +918,7 @@ int strata_l1_set(strata_l1 *c, const void *key, size_t klen, const void *val, s
     if (opts && opts->jitter)
         ttl = jittered(ttl, c->cfg.jitter_pct);
     uint16_t tag;
-    uint32_t hash = l1__hash(key, klen, &tag);
+    uint32_t hash = l1__hash(c, key, klen, &tag);
     strata_l1_entry *e = entry_new(key, klen, hash, val, vlen, ttl != 0);
     if (!e)
         return STRATA_ENOMEM;
@@ -1022,7 +1022,7 @@ static inline __attribute__((always_inline)) int do_read(strata_l1 *c, const voi
     if (!c || !key || klen == 0 || klen > MAX_KEY)
         return STRATA_EINVAL;
     uint16_t tag;
-    uint32_t hash = l1__hash(key, klen, &tag);
+    uint32_t hash = l1__hash(c, key, klen, &tag);
     int r = l1__ebr_enter();
     l1_stripe *st = &c->stripes[r & (L1_NSTRIPE - 1)];
     bool own = stripe_own(st, r);
@@ -1087,7 +1087,7 @@ int strata_l1_invalidate(strata_l1 *c, const void *key, size_t klen) {
     if (!c || !key || klen == 0 || klen > MAX_KEY)
         return STRATA_EINVAL;
     uint16_t tag;
-    uint32_t hash = l1__hash(key, klen, &tag);
+    uint32_t hash = l1__hash(c, key, klen, &tag);
     lock(c);
     drop_load(c, key, klen, hash);
     strata_l1_entry *e = l1__table_find(c, key, klen, hash, tag);
@@ -1206,7 +1206,7 @@ int strata_l1_get_or_load(strata_l1 *c, const void *key, size_t klen, strata_l1_
     read_ctx rx = {NULL, 0, 0, NULL, NULL, 0, 0};
     int rc = do_read(c, key, klen, READ_REF, &rx);
     uint16_t tag;
-    uint32_t hash = l1__hash(key, klen, &tag);
+    uint32_t hash = l1__hash(c, key, klen, &tag);
     if (rc >= 0) {
         *pe = rx.ref;
         uint64_t now = rx.now ? rx.now : now_ns(c);
@@ -1311,7 +1311,7 @@ int strata_l1_load_complete(strata_l1_load *ld, int status, const void *val, siz
         }
     }
     uint16_t tag;
-    (void)l1__hash(ld->key, ld->klen, &tag);
+    (void)l1__hash(c, ld->key, ld->klen, &tag);
 
     lock(c);
     bool store = ld->mapped;
@@ -1444,7 +1444,7 @@ int strata_l1_frequency(strata_l1 *c, const void *key, size_t klen) {
     if (!c || c->cfg.policy == STRATA_L1_LRU)
         return 0;
     uint16_t tag;
-    uint32_t hash = l1__hash(key, klen, &tag);
+    uint32_t hash = l1__hash(c, key, klen, &tag);
     lock(c);
     drain_writes(c);
     drain(c);

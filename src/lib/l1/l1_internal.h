@@ -324,6 +324,7 @@ struct strata_l1 {
     l1_stripe stripes[L1_NSTRIPE + 1]; /* + the shared one */
 
     strata_l1_config cfg;
+    uint64_t key_seed; /* XXH3's seed for this cache's key hashes (l1__hash; from cfg.sketch_seed) */
     char *name;
     strata_clock *clock;
     pthread_mutex_t lock; /* the writer lock: table writes, policy, wheel, loads */
@@ -389,11 +390,15 @@ struct strata_l1 {
 /* table.c */
 int l1__table_init(strata_l1 *c, uint64_t expected);
 void l1__table_free(strata_l1 *c);
-/* XXH3-64 of the key, inlined (xxhash's XXH_INLINE_ALL: a read hashes an
- * 8-16 byte key in a few instructions instead of a call through the PLT and
- * the library's length dispatch); *tag = the top 16 bits, returns the low 32. */
-static inline uint32_t l1__hash(const void *key, size_t klen, uint16_t *tag) {
-    uint64_t h = XXH3_64bits(key, klen);
+/* XXH3-64 of the key, seeded per cache, inlined (xxhash's XXH_INLINE_ALL: a
+ * read hashes an 8-16 byte key in a few instructions instead of a call
+ * through the PLT and the library's length dispatch); *tag = the top 16
+ * bits, returns the low 32.  Seeded because this hash places keys in the
+ * table, the sketch and the shadow's sample: with a known hash, keys chosen
+ * offline could pile into one probe run (hash flooding) or share a victim's
+ * sketch counters (docs/notes/l1.md round 7). */
+static inline uint32_t l1__hash(const strata_l1 *c, const void *key, size_t klen, uint16_t *tag) {
+    uint64_t h = XXH3_64bits_withSeed(key, klen, c->key_seed);
     *tag = (uint16_t)(h >> 48);
     return (uint32_t)h;
 }

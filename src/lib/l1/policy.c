@@ -192,13 +192,14 @@ int l1__policy_init(strata_l1 *c) {
     list_init(&c->probation);
     list_init(&c->protected_);
     /* The per-cache seed (include/strata/l1.h sketch_seed, sketch.c): the
-     * sketch's hash and the random admission's generator (admit()) both come
-     * from it, so neither can be predicted from outside, and a nonzero
-     * configured seed replays every decision exactly. */
+     * key hash, the sketch's hash and the random admission's generator
+     * (admit()) all come from it, so none can be predicted from outside,
+     * and a nonzero configured seed replays every decision exactly. */
     if (c->cfg.sketch_seed == 0)
         c->cfg.sketch_seed = random_seed(c);
     uint64_t st = c->cfg.sketch_seed ^ 0x5DEECE66DULL;
     c->rng = l1__splitmix64(&st);
+    c->key_seed = l1__splitmix64(&st); /* the key hash too (l1__hash): no hash flooding */
     if (c->rng == 0)
         c->rng = 0x9E3779B97F4A7C15ULL; /* xorshift's one forbidden state */
     if (!wtinylfu(c)) {

@@ -47,9 +47,10 @@
  *     strata_l1_config.sketch_seed (0 = drawn from getrandom(2) per cache,
  *     policy.c); its splitmix64 expansion gives Caffeine's odd multiplier in
  *     spread() and the additive constant of the multiply-add before it.
- *     Keys whose 32-bit key hash equals the victim's (XXH3, unkeyed: table.c)
- *     still share all its counters, as keys with equal hashCode()s do in
- *     Caffeine; for those the random admission of policy.c (admit()) is the
+ *     The key hash fed to the sketch is seeded from the same seed
+ *     (l1__hash: XXH3 with a per-cache seed), so unlike equal hashCode()s in
+ *     Caffeine, even keys sharing a victim's whole hash cannot be found
+ *     offline; the random admission of policy.c (admit()) stays as a second
  *     defence, as in Caffeine.  A side effect: hit ratios are a draw over
  *     seeds, so benchmarks report means over fixed seeds (docs/notes/l1.md
  *     D21).

@@ -6,7 +6,8 @@
  *
  *     slot = 0              empty: a probe stops here
  *     slot = 1              tombstone: a removed entry, probes go on
- *     slot = tag<<48 | ptr  an entry; tag = the top 16 bits of XXH3-64(key)
+ *     slot = tag<<48 | ptr  an entry; tag = the top 16 bits of the key hash
+ *                           (XXH3-64 seeded per cache: l1__hash)
  *
  * so a probe dereferences an entry only when 16 hash bits already match.
  * Readers load slots with acquire and never write; a writer (holding the

@@ -22,7 +22,7 @@
 #include "strata/metrics.h"
 #include "strata/status.h"
 
-#include "l1/l1_internal.h" /* l1_bytes_eq */
+#include "l1/l1_internal.h" /* l1_bytes_eq, l1__hash */
 #include "l1_test.h"
 
 #define SEC STRATA_NS_PER_SEC
@@ -805,6 +805,18 @@ static void test_sketch_seed_per_cache(void **state) {
     /* ...which, passed back, replays that cache's sketch exactly */
     strata_l1 *cr = seeded_cache(s1, replay);
     assert_int_equal(probes_differing(r1, replay), 0);
+    /* The key hash (table slots, tags, the sketch's input) is seeded too: the
+     * same under one seed, different under another, for (nearly) every key. */
+    int same = 0, other = 0;
+    for (uint64_t k = 0; k < 1000; k++) {
+        uint16_t ta, ta2, tb;
+        uint32_t ha = l1__hash(ca, &k, sizeof k, &ta), ha2 = l1__hash(ca2, &k, sizeof k, &ta2);
+        uint32_t hb = l1__hash(cb, &k, sizeof k, &tb);
+        same += ha == ha2 && ta == ta2;
+        other += ha != hb && ta != tb;
+    }
+    assert_int_equal(same, 1000);
+    assert_true(other >= 990);
     strata_l1_destroy(&ca);
     strata_l1_destroy(&ca2);
     strata_l1_destroy(&cb);
