@@ -130,10 +130,11 @@ typedef struct strata_l1_config {
                          can compute keys whose sketch counters are a victim key's and request
                          them to inflate its frequency (a cold key of theirs then wins
                          admission, or a victim is never evicted: admission poisoning), or
-                         keys that pile into one probe run of the table.  Nonzero = that seed: every policy decision repeats
-                         exactly (tests, reproducible benchmarks; strata_l1_sketch_seed()
-                         tells the seed a cache drew).  Hit ratios depend on the seed by up
-                         to a few points on small caches (docs/notes/l1.md D21). */
+                         keys that pile into one probe run of the table.  Nonzero = that
+                         seed: every policy decision repeats exactly (tests, reproducible
+                         benchmarks; strata_l1_sketch_seed() tells the seed a cache drew).
+                         Hit ratios depend on the seed by up to a few points on small caches
+                         (docs/notes/l1.md D21). */
 } strata_l1_config;
 
 /** Per-set options (NULL = defaults). */

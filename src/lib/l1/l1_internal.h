@@ -324,7 +324,7 @@ struct strata_l1 {
     l1_stripe stripes[L1_NSTRIPE + 1]; /* + the shared one */
 
     strata_l1_config cfg;
-    uint64_t key_seed; /* XXH3's seed for this cache's key hashes (l1__hash; from cfg.sketch_seed) */
+    uint64_t key_seed; /* XXH3's seed for this cache's key hashes (l1__hash; from sketch_seed) */
     char *name;
     strata_clock *clock;
     pthread_mutex_t lock; /* the writer lock: table writes, policy, wheel, loads */

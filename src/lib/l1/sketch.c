@@ -84,7 +84,7 @@ int l1__sketch_init(l1_sketch *s, uint64_t entries, int doorkeeper, uint64_t see
     memset(s, 0, sizeof(*s));
     uint64_t st = seed, x = l1__splitmix64(&st);
     for (uint32_t i = 0; i < L1_SKETCH_MEMO; i++)
-        s->memo[i].hash = ~i; /* ~i & (L1_SKETCH_MEMO - 1) != i: matches no hash of slot i */
+        s->memo[i].hash = ~i;  /* ~i & (L1_SKETCH_MEMO - 1) != i: matches no hash of slot i */
     s->mul = (uint32_t)x | 1u; /* Caffeine 2.6.2: randomSeed, made odd */
     s->add = (uint32_t)(x >> 32);
     if (entries < 8)
