@@ -13,10 +13,15 @@
  *       admits a warm candidate with probability 1/128, so R new caches are R
  *       independent draws, and MEAN is what l1-compare.sh compares with the
  *       strata mean over R sketch seeds (docs/notes/l1.md D21).
- *   java -cp caffeine.jar:. L1Compare throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP]
+ *   java -cp caffeine.jar:. L1Compare throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP [pool|caller]]
  *       MIX read100|read90|read75; prints "caffeine_MIX_Nt OPS_PER_SEC" (the
  *       median of ROUNDS rounds after a JIT warm-up of WARMUP rounds, default
  *       ROUNDS; l1-compare.sh runs ROUNDS=1 WARMUP=3 once per interleaved round).
+ *       pool (the default): Caffeine's default executor, so its maintenance
+ *       (draining the read and write buffers into the policy, eviction) runs
+ *       on ForkJoinPool.commonPool(), another core when there is one; caller:
+ *       executor(Runnable::run), maintenance on the thread that triggers it,
+ *       as strata's (prints "caffeine_caller_MIX_Nt ...").
  *
  * Key streams: Zipf(s) over KEYS keys, ranks scattered by a 64-bit mix,
  * pre-generated per thread (4M keys) before timing, as in l1_throughput.c.
@@ -37,12 +42,12 @@ public final class L1Compare {
   public static void main(String[] args) throws Exception {
     if (args.length < 1) usage();
     if (args[0].equals("replay") && args.length >= 4) replay(args);
-    else if (args[0].equals("throughput") && (args.length == 8 || args.length == 9)) throughput(args);
+    else if (args[0].equals("throughput") && args.length >= 8 && args.length <= 10) throughput(args);
     else usage();
   }
 
   static void usage() {
-    System.err.println("usage: L1Compare replay FORMAT FILE [--runs R] SIZE... | throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP]");
+    System.err.println("usage: L1Compare replay FORMAT FILE [--runs R] SIZE... | throughput THREADS MIX KEYS ZIPF ROUNDS OPS CACHEPCT [WARMUP [pool|caller]]");
     System.exit(64);
   }
 
@@ -142,12 +147,16 @@ public final class L1Compare {
     int rounds = Integer.parseInt(args[5]);
     long ops = Long.parseLong(args[6]);
     int pct = Integer.parseInt(args[7]);
-    int warmup = args.length == 9 ? Integer.parseInt(args[8]) : rounds;
+    int warmup = args.length >= 9 ? Integer.parseInt(args[8]) : rounds;
+    boolean caller = args.length == 10 && args[9].equals("caller");
+    if (args.length == 10 && !caller && !args[9].equals("pool")) usage();
     int writePct = mix.equals("read100") ? 0 : mix.equals("read90") ? 10 : 25;
     final int STREAM = 1 << 22;
     Long[][] streams = new Long[threads][];
     for (int t = 0; t < threads; t++) streams[t] = stream(STREAM, nkeys, s, 0x9E3779B97F4A7C15L + t * 7919L);
-    Cache<Long, Long> cache = Caffeine.newBuilder().maximumSize((long) nkeys * pct / 100).build();
+    Caffeine<Object, Object> b = Caffeine.newBuilder().maximumSize((long) nkeys * pct / 100);
+    if (caller) b = b.executor(Runnable::run); /* maintenance on the calling thread, as strata's */
+    Cache<Long, Long> cache = b.build();
     for (Long k : streams[0]) if (cache.getIfPresent(k) == null) cache.put(k, k);
     double[] res = new double[rounds];
     for (int r = -warmup; r < rounds; r++) { /* the first `warmup` rounds warm the JIT */
@@ -180,6 +189,6 @@ public final class L1Compare {
       if (r >= 0) res[r] = (double) ops * threads / slowest;
     }
     Arrays.sort(res);
-    System.out.printf("caffeine_%s_%dt %.0f%n", mix, threads, res[rounds / 2]);
+    System.out.printf("caffeine%s_%s_%dt %.0f%n", caller ? "_caller" : "", mix, threads, res[rounds / 2]);
   }
 }
