@@ -21,7 +21,16 @@
 #      lru and opt do not depend on a seed.  docs/notes/l1.md D21.
 #   2. throughput per mix and thread count: strata vs Caffeine, 5 interleaved
 #      rounds (L1_ROUNDS), median per cell (Caffeine: a JIT warm-up of 3
-#      rounds before each timed one) and the ratio.
+#      rounds before each timed one) and the ratio.  Caffeine as built by
+#      default runs its maintenance (draining the read and write buffers into
+#      the policy, eviction) on ForkJoinPool.commonPool(), i.e. on the other
+#      core; strata by default runs it on the calling threads.  So the 1-thread
+#      rows also time both the other way: Caffeine with
+#      executor(Runnable::run) (caller_ops/s; vs_caller = strata default /
+#      it: one core of work on both sides), and strata with its maintenance on
+#      an executor thread (`--maintenance thread`, strata_l1_config.executor;
+#      thread_ops/s; thr_vs_cf = it / Caffeine default: the same design on
+#      both sides).
 # Traces come from ../shared/traces (or $STRATA_TRACES).  The synthetic rows:
 # Zipf (with and without scans), and the recency-heavy streams of the
 # adaptivity target (recency:D = half new keys, half re-reads of the last D new
@@ -103,27 +112,41 @@ echo
 # of the same size, then one timed round); the table shows each cell's median
 # over the rounds.  The machine is shared: min/max are printed too.
 ROUNDS=${L1_ROUNDS:-5}; OPS=4000000
-declare -A S=() K=()
+declare -A S=() K=() KC=() ST=()
 for r in $(seq "$ROUNDS"); do
   sout=$("$STRATA_BIN" bench l1-throughput --threads 1,2 --rounds 1 --ops $OPS)
+  tout=$("$STRATA_BIN" bench l1-throughput --threads 1 --rounds 1 --ops $OPS --maintenance thread)
   for mix in read100 read90 read75; do
     for t in 1 2; do
       S[$mix.$t]+="$(grep "^strata_${mix}_${t}t=" <<<"$sout" | sed 's/.*=//') "
       K[$mix.$t]+="$($JAVA throughput $t $mix 1000000 0.99 1 $OPS 10 3 | awk '{print $2}') "
+      if [ "$t" = 1 ]; then
+        KC[$mix.$t]+="$($JAVA throughput $t $mix 1000000 0.99 1 $OPS 10 3 caller | awk '{print $2}') "
+        ST[$mix.$t]+="$(grep "^strata_${mix}_${t}t=" <<<"$tout" | sed 's/.*=//') "
+      fi
     done
   done
   [ "$r" = 1 ] && ovh=$(grep '^overhead_bytes_per_entry=' <<<"$sout")
 done
 med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 rng() { tr ' ' '\n' | grep . | sort -n | awk 'NR==1{lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo/1e6, hi/1e6}'; }
-printf '%-8s %7s %14s %14s %7s %13s %13s\n' mix threads strata_ops/s caffeine_ops/s ratio strata_M_rng caffeine_M_rng
+printf '%-8s %7s %14s %14s %7s %13s %13s %14s %9s %14s %9s\n' mix threads strata_ops/s caffeine_ops/s \
+  ratio strata_M_rng caffeine_M_rng caller_ops/s vs_caller thread_ops/s thr_vs_cf
 for mix in read100 read90 read75; do
   for t in 1 2; do
     s=$(med <<<"${S[$mix.$t]}"); k=$(med <<<"${K[$mix.$t]}")
-    printf '%-8s %7s %14s %14s %7.2f %13s %13s\n' "$mix" "$t" "$s" "$k" "$(echo "$s / $k" | bc -l)" \
-      "$(rng <<<"${S[$mix.$t]}")" "$(rng <<<"${K[$mix.$t]}")"
+    kc=-; vc=-; st=-; vt=-
+    if [ -n "${KC[$mix.$t]:-}" ]; then
+      kc=$(med <<<"${KC[$mix.$t]}"); vc=$(printf '%.2f' "$(echo "$s / $kc" | bc -l)")
+      st=$(med <<<"${ST[$mix.$t]}"); vt=$(printf '%.2f' "$(echo "$st / $k" | bc -l)")
+    fi
+    printf '%-8s %7s %14s %14s %7.2f %13s %13s %14s %9s %14s %9s\n' "$mix" "$t" "$s" "$k" \
+      "$(echo "$s / $k" | bc -l)" "$(rng <<<"${S[$mix.$t]}")" "$(rng <<<"${K[$mix.$t]}")" \
+      "$kc" "$vc" "$st" "$vt"
   done
 done
 echo "$ovh"
 echo "rounds=$ROUNDS (interleaved), ops per thread per round=$OPS, Zipf 0.99 over 1M keys, cache 100k"
 echo "strata read = copy-out strata_l1_get_copy into a 64-byte buffer; caffeine read = getIfPresent"
+echo "caffeine: default executor (maintenance on ForkJoinPool.commonPool); caller: executor(Runnable::run)"
+echo "strata: maintenance on the calling threads (default); thread: --maintenance thread (an executor thread)"

@@ -3,7 +3,7 @@
  *
  *   strata bench l1-throughput [--threads 1,2] [--keys 1000000] [--zipf 0.99]
  *                              [--mix all|read100|read90|read75] [--rounds 5]
- *                              [--read-api copy|ref]
+ *                              [--read-api copy|ref] [--maintenance inline|thread]
  *
  * The workload of the issue: Zipf(0.99) over 1M keys (8-byte integers,
  * ranks scattered by a hash), pre-generated per thread before timing; the
@@ -12,7 +12,9 @@
  * `get` the server uses: copy-out into a caller buffer (--read-api copy), or
  * acquire + release of a reference (ref).  A write is strata_l1_set with an
  * 8-byte value; the table counts the sets that took the fast replace and
- * fast insert paths (docs/notes/l1.md D15, D19).  Each (mix, threads) cell runs `rounds` timed rounds of
+ * fast insert paths (docs/notes/l1.md D15, D19).  --maintenance thread hands
+ * the cache's maintenance to a one-thread executor (strata_l1_config.executor),
+ * as Caffeine's default executor does (docs/notes/l1.md D25).  Each (mix, threads) cell runs `rounds` timed rounds of
  * `ops` operations per thread; the median is reported.
  *
  * Also measures the memory overhead per entry: allocator bytes in use (the
@@ -21,6 +23,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +43,9 @@
     X(ops, STRATA_OPT_INT, "4000000", 10000, 1000000000, NULL, 0,                              \
       "operations per thread per round")                                                       \
     X(read_api, STRATA_OPT_ENUM, "copy", 0, 0, "copy|ref", 0, "get path timed")                \
-    X(cache_pct, STRATA_OPT_INT, "10", 1, 100, NULL, 0, "cache size, % of the keys")
+    X(cache_pct, STRATA_OPT_INT, "10", 1, 100, NULL, 0, "cache size, % of the keys")           \
+    X(maintenance, STRATA_OPT_ENUM, "inline", 0, 0, "inline|thread", 0,                        \
+      "where maintenance runs: the calling threads, or an executor thread")
 
 enum { TP_OPTIONS(STRATA_OPT_ENUM_ENTRY) TP__COUNT };
 static strata_option opts[] = {TP_OPTIONS(STRATA_OPT_ROW)};
@@ -80,6 +85,82 @@ static void *work(void *arg) {
     }
     w->secs = (double)(strata_bench_now_ns() - t0) / 1e9;
     return NULL;
+}
+
+/* --maintenance thread: a one-thread executor for strata_l1_config.executor,
+ * as Caffeine's default runs its maintenance on ForkJoinPool.commonPool().
+ * The worker spins a while before it sleeps (as a pool worker scans before
+ * parking), so a task queued soon after the last does not wait for a
+ * futex wake-up. */
+#define EXEC_RING 256
+#define EXEC_SPIN 20000 /* polls before sleeping */
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void (*fn[EXEC_RING])(void *);
+    void *arg[EXEC_RING];
+    _Atomic unsigned tail;
+    unsigned head;
+    int quit, sleeping;
+    pthread_t th;
+} bench_executor;
+
+static void *exec_main(void *p) {
+    bench_executor *x = p;
+    for (;;) {
+        for (int i = 0; i < EXEC_SPIN && atomic_load(&x->tail) == x->head && !x->quit; i++)
+            __builtin_ia32_pause();
+        pthread_mutex_lock(&x->mu);
+        while (atomic_load(&x->tail) == x->head && !x->quit) {
+            x->sleeping = 1;
+            pthread_cond_wait(&x->cv, &x->mu);
+            x->sleeping = 0;
+        }
+        if (atomic_load(&x->tail) == x->head) {
+            pthread_mutex_unlock(&x->mu);
+            return NULL;
+        }
+        void (*fn)(void *) = x->fn[x->head % EXEC_RING];
+        void *arg = x->arg[x->head % EXEC_RING];
+        x->head++;
+        pthread_mutex_unlock(&x->mu);
+        fn(arg);
+    }
+}
+
+static void exec_execute(void *ctx, void (*fn)(void *), void *arg) {
+    bench_executor *x = ctx;
+    pthread_mutex_lock(&x->mu);
+    unsigned t = atomic_load(&x->tail);
+    if (t - x->head == EXEC_RING) { /* full: run it here */
+        pthread_mutex_unlock(&x->mu);
+        fn(arg);
+        return;
+    }
+    x->fn[t % EXEC_RING] = fn;
+    x->arg[t % EXEC_RING] = arg;
+    atomic_store(&x->tail, t + 1);
+    if (x->sleeping)
+        pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+static int exec_start(bench_executor *x) {
+    memset(x, 0, sizeof(*x));
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    return pthread_create(&x->th, NULL, exec_main, x) == 0 ? STRATA_OK : STRATA_ESYS;
+}
+
+static void exec_stop(bench_executor *x) {
+    pthread_mutex_lock(&x->mu);
+    x->quit = 1;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+    pthread_join(x->th, NULL);
+    pthread_cond_destroy(&x->cv);
+    pthread_mutex_destroy(&x->mu);
 }
 
 static int gen_stream(uint64_t *out, size_t n, uint64_t nkeys, double s, uint64_t seed) {
@@ -141,6 +222,7 @@ static int run(strata_bench *b) {
     int64_t ops = strata_bench_opt_int(b, "ops");
     int ref = strata_bench_opt_int(b, "read_api") == 1;
     int pct = (int)strata_bench_opt_int(b, "cache_pct");
+    int threaded = strata_bench_opt_int(b, "maintenance") == 1;
     int tcounts[8], nt = 0;
     for (const char *p = tlist; *p && nt < 8;) {
         int t = atoi(p);
@@ -176,9 +258,18 @@ static int run(strata_bench *b) {
             strata_l1_config cfg;
             strata_l1_config_init(&cfg);
             cfg.capacity = nkeys * (uint64_t)pct / 100;
+            bench_executor ex;
+            if (threaded) {
+                if ((rc = exec_start(&ex)) < 0)
+                    break;
+                cfg.executor = (strata_l1_executor){exec_execute, &ex};
+            }
             strata_l1 *c;
-            if ((rc = strata_l1_create(&cfg, &c)) < 0)
+            if ((rc = strata_l1_create(&cfg, &c)) < 0) {
+                if (threaded)
+                    exec_stop(&ex);
                 break;
+            }
             uint64_t val = 7;
             for (size_t i = 0; i < STREAM; i++) { /* warm: one pass, reads then fills */
                 uint64_t k = streams[i];
@@ -212,6 +303,8 @@ static int run(strata_bench *b) {
                 strata_bench_fail(b, "cost %llu above capacity %llu", (unsigned long long)st1.cost,
                                   (unsigned long long)st1.capacity);
             strata_l1_destroy(&c);
+            if (threaded)
+                exec_stop(&ex);
             qsort(res, (size_t)rounds, sizeof(double), cmp_double);
             double med = res[rounds / 2];
             strata_bench_table_row(b, "%s|%d|%.2f|%.2f|%.2f|%.1f%%|%llu|%llu", mnames[m], threads,

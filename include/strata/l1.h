@@ -95,6 +95,16 @@ typedef enum strata_l1_fast_insert {
     STRATA_L1_FAST_INSERT_ON = 2,   /* from the start */
 } strata_l1_fast_insert;
 
+/** Where a cache's deferred maintenance runs (strata_l1_config.executor).
+ * execute(ctx, fn, arg) must call fn(arg) exactly once, soon, on any thread
+ * (a worker thread, a pool); it may also call it before returning.  The cache
+ * calls execute with no lock of its own held, and has at most a few tasks in
+ * flight; strata_l1_destroy() waits for them. */
+typedef struct strata_l1_executor {
+    void (*execute)(void *ctx, void (*fn)(void *arg), void *arg);
+    void *ctx;
+} strata_l1_executor;
+
 /** Cache configuration; start from strata_l1_config_init(). */
 typedef struct strata_l1_config {
     uint64_t capacity;         /* maximum total cost, > 0 */
@@ -123,7 +133,7 @@ typedef struct strata_l1_config {
     strata_l1_fast_insert fast_insert; /* with fast_replace: when a set without TTL of an
                          absent key takes only its segment lock while the cache has room for
                          it (D19); default AUTO: once the writer lock was seen contended. */
-    uint64_t sketch_seed; /* seed of the key hash (table, sketch, sampling), the TinyLFU
+    uint64_t sketch_seed;        /* seed of the key hash (table, sketch, sampling), the TinyLFU
                          sketch's hash and the random admission; default 0 = a fresh one per
                          cache from getrandom(2), as Caffeine 2.6.2 draws one per
                          FrequencySketch.  Why per cache: with a known, fixed hash an attacker
@@ -135,6 +145,16 @@ typedef struct strata_l1_config {
                          benchmarks; strata_l1_sketch_seed() tells the seed a cache drew).
                          Hit ratios depend on the seed by up to a few points on small caches
                          (docs/notes/l1.md D21). */
+    strata_l1_executor executor; /* default {NULL}: maintenance (applying buffered reads and
+                         writes to the policy, expiry, reclamation) runs on the threads that
+                         use the cache, when a read buffer is half full or a write calls for
+                         it.  With execute set, those calls hand it to the executor instead,
+                         as Caffeine does with its executor (default: ForkJoinPool's common
+                         pool), so a reader never runs it; a set that takes the writer lock
+                         still evicts down to the capacity before it returns (the bound
+                         holds), without first applying the buffered reads.  The listener
+                         then also runs on the executor's thread, for the evictions a task
+                         makes (docs/notes/l1.md D25). */
 } strata_l1_config;
 
 /** Per-set options (NULL = defaults). */

@@ -40,6 +40,7 @@
  * uniform in (0,1]: the closer to T and the slower the load, the likelier.
  */
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -506,6 +507,33 @@ static void maintain_step(strata_l1 *c) {
     maintain_locked(c, (++c->ops_since_reclaim % MAINT_EVERY) == 0);
 }
 
+/* ---- deferred maintenance (cfg.executor) ------------------------------------
+ *
+ * With an executor, the calls that would run maintain_step on a reader's or
+ * a lock-free writer's thread queue one task instead.  maint_scheduled keeps
+ * one task queued at a time (it is cleared when the task starts, so triggers
+ * during a task queue the next one); maint_tasks counts the tasks handed
+ * over and not finished, for strata_l1_destroy to wait on.  The decrement
+ * is a task's last touch of the cache. */
+
+static void maint_task(void *arg) {
+    strata_l1 *c = arg;
+    lock(c);
+    atomic_store_explicit(&c->maint_scheduled, 0, memory_order_relaxed);
+    maintain_step(c);
+    unlock(c);
+    atomic_fetch_sub_explicit(&c->maint_tasks, 1, memory_order_release);
+}
+
+/* Called with no cache lock held (execute may run the task at once). */
+static void schedule_maintenance(strata_l1 *c) {
+    if (atomic_load_explicit(&c->maint_scheduled, memory_order_relaxed) ||
+        atomic_exchange_explicit(&c->maint_scheduled, 1, memory_order_acq_rel))
+        return;
+    atomic_fetch_add_explicit(&c->maint_tasks, 1, memory_order_relaxed);
+    c->cfg.executor.execute(c->cfg.executor.ctx, maint_task, c);
+}
+
 void strata_l1_maintain(strata_l1 *c) {
     lock(c);
     maintain_locked(c, true);
@@ -613,6 +641,8 @@ void strata_l1_destroy(strata_l1 **pc) {
         return;
     strata_l1 *c = *pc;
     *pc = NULL;
+    while (atomic_load_explicit(&c->maint_tasks, memory_order_acquire) > 0)
+        sched_yield(); /* tasks handed to cfg.executor still to run */
     lock(c);
     drain_writes(c); /* replaced entries leave the policy lists for the retire list */
     report_metrics(c);
@@ -800,7 +830,8 @@ static void detach_old(strata_l1 *c, strata_l1_entry *old) {
 static int store_locked(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
     strata_l1_entry *old = NULL;
     drain_writes(c);
-    drain(c); /* reads that happened before this write count before its eviction */
+    if (!c->cfg.executor.execute)
+        drain(c); /* reads that happened before this write count before its eviction */
     l1_seg *seg = l1__seg_of(c, e->hash);
     pthread_mutex_lock(&seg->lock);
     (void)settle_key(c, seg, e); /* R1 */
@@ -888,10 +919,14 @@ static bool fast_write(strata_l1 *c, strata_l1_entry *e, uint16_t tag) {
      * has FAST_DRAIN_FORCE events queued. */
     bool low = left < (int64_t)(c->slack / 2 + 1);
     if (n % FAST_DRAIN_EVERY == 0 || low) {
-        if (n >= FAST_DRAIN_FORCE)
+        if (n >= FAST_DRAIN_FORCE) {
             lock(c);
-        else if (pthread_mutex_trylock(&c->lock) != 0)
+        } else if (c->cfg.executor.execute) {
+            schedule_maintenance(c);
             return true;
+        } else if (pthread_mutex_trylock(&c->lock) != 0) {
+            return true;
+        }
         /* an insert is not its own victim (read-your-write); e may be applied,
          * even evicted by now: it is only compared with */
         c->pinned = insert ? e : NULL;
@@ -929,13 +964,17 @@ int strata_l1_set(strata_l1 *c, const void *key, size_t klen, const void *val, s
         return STRATA_OK;
     lock(c);
     int rc = store_locked(c, e, tag);
+    bool deferred = c->cfg.executor.execute != NULL;
     if (rc == STRATA_OK) {
         drop_load(c, key, klen, hash); /* a set wins over an in-flight load */
-        maintain_step(c);
+        if (!deferred)
+            maintain_step(c);
     }
     unlock(c);
     if (rc < 0)
         strata_free(e);
+    else if (deferred)
+        schedule_maintenance(c);
     return rc;
 }
 
@@ -961,6 +1000,10 @@ static inline void maybe_drain(strata_l1 *c, l1_stripe *st) {
     uint64_t h = atomic_load_explicit(&st->head, memory_order_relaxed);
     if (t - h < L1_RB_SIZE / 2)
         return;
+    if (c->cfg.executor.execute) {
+        schedule_maintenance(c);
+        return;
+    }
     if (pthread_mutex_trylock(&c->lock) != 0)
         return;
     maintain_step(c);

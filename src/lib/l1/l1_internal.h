@@ -327,8 +327,9 @@ struct strata_l1 {
     uint64_t key_seed; /* XXH3's seed for this cache's key hashes (l1__hash; from sketch_seed) */
     char *name;
     strata_clock *clock;
-    pthread_mutex_t lock; /* the writer lock: table writes, policy, wheel, loads */
-    _Atomic int drain_pending;
+    pthread_mutex_t lock;          /* the writer lock: table writes, policy, wheel, loads */
+    _Atomic int maint_scheduled;   /* cfg.executor: a maintenance task is queued, not yet started */
+    _Atomic int maint_tasks;       /* cfg.executor: tasks handed over and not yet finished */
     _Atomic uint64_t pending_mask; /* bit k: segment k has fast writes to apply */
     int fast_replace;              /* cfg.fast_replace && no listener */
     /* fast inserts (l1.c): the cost they may still add without the writer

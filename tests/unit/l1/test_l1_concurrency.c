@@ -4,7 +4,9 @@
  * replacements, singleflight under contention with loads completed on
  * another thread, invalidations racing in-flight loads, and the read
  * counters of more reading threads than the cache has stripes (owned stripes
- * count with plain stores, the rest share one stripe: the counts stay exact).
+ * count with plain stores, the rest share one stripe: the counts stay exact),
+ * and the same races with maintenance deferred to an executor thread
+ * (strata_l1_config.executor), whose tasks strata_l1_destroy waits for.
  */
 /* ctest-labels: tsan */
 /* ctest-timeout: 300 */
@@ -110,11 +112,97 @@ static void *reader(void *p) {
     return NULL;
 }
 
-static void test_refs_survive_concurrent_eviction(void **state) {
-    (void)state;
+/* ---- an executor for deferred maintenance (strata_l1_config.executor) ---- */
+
+#define EXEC_RING 64
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void (*fn[EXEC_RING])(void *);
+    void *arg[EXEC_RING];
+    unsigned head, tail;
+    int quit, paused;
+    atomic_int ran;
+    pthread_t th;
+} test_executor;
+
+static void *executor_main(void *p) {
+    test_executor *x = p;
+    pthread_mutex_lock(&x->mu);
+    for (;;) {
+        while ((x->head == x->tail || x->paused) && !x->quit)
+            pthread_cond_wait(&x->cv, &x->mu);
+        if (x->head == x->tail)
+            break; /* quit, nothing left */
+        void (*fn)(void *) = x->fn[x->head % EXEC_RING];
+        void *arg = x->arg[x->head % EXEC_RING];
+        x->head++;
+        pthread_mutex_unlock(&x->mu);
+        fn(arg);
+        atomic_fetch_add(&x->ran, 1);
+        pthread_mutex_lock(&x->mu);
+    }
+    pthread_mutex_unlock(&x->mu);
+    return NULL;
+}
+
+/* Queues the task for the worker; runs it here when the ring is full (the
+ * contract allows either). */
+static void executor_execute(void *ctx, void (*fn)(void *), void *arg) {
+    test_executor *x = ctx;
+    pthread_mutex_lock(&x->mu);
+    if (x->tail - x->head == EXEC_RING) {
+        pthread_mutex_unlock(&x->mu);
+        fn(arg);
+        return;
+    }
+    x->fn[x->tail % EXEC_RING] = fn;
+    x->arg[x->tail % EXEC_RING] = arg;
+    x->tail++;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+static void executor_start(test_executor *x, int paused) {
+    memset(x, 0, sizeof(*x));
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    x->paused = paused;
+    assert_int_equal(pthread_create(&x->th, NULL, executor_main, x), 0);
+}
+
+static void executor_set_paused(test_executor *x, int paused) {
+    pthread_mutex_lock(&x->mu);
+    x->paused = paused;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+/* Runs what is queued, then ends the worker. */
+static void executor_stop(test_executor *x) {
+    pthread_mutex_lock(&x->mu);
+    x->quit = 1;
+    x->paused = 0;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+    pthread_join(x->th, NULL);
+    pthread_cond_destroy(&x->cv);
+    pthread_mutex_destroy(&x->mu);
+}
+
+static strata_l1_executor executor_of(test_executor *x) {
+    return (strata_l1_executor){executor_execute, x};
+}
+
+/* Two writers and two readers (copy-out and held references) on a
+ * 64-entry cache; with ex, maintenance runs on the executor's thread. */
+static void refs_survive(const strata_l1_executor *ex) {
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
     cfg.capacity = 64;
+    if (ex)
+        cfg.executor = *ex;
     strata_l1 *c;
     assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
     atomic_int errors = 0, stop = 0;
@@ -133,6 +221,21 @@ static void test_refs_survive_concurrent_eviction(void **state) {
     assert_true(st.evictions[STRATA_L1_CAUSE_SIZE] > 0);
     assert_true(st.hits > 0);
     strata_l1_destroy(&c);
+}
+
+static void test_refs_survive_concurrent_eviction(void **state) {
+    (void)state;
+    refs_survive(NULL);
+}
+
+static void test_refs_survive_with_executor(void **state) {
+    (void)state;
+    test_executor x;
+    executor_start(&x, 0);
+    strata_l1_executor ex = executor_of(&x);
+    refs_survive(&ex);
+    assert_true(atomic_load(&x.ran) > 0); /* maintenance did run there */
+    executor_stop(&x);
 }
 
 /* ---- singleflight with completion on another thread ------------------------ */
@@ -377,11 +480,12 @@ static void *bound_setter(void *p) {
 /* Four threads set weighted entries into a small cache; after every set the
  * total cost is checked against the capacity, and at the end the stats add
  * up (entries and cost as the table holds them). */
-static void test_bound_under_concurrent_sets(void **state) {
-    (void)state;
+static void bound_under_sets(const strata_l1_executor *ex) {
     strata_l1_config cfg;
     strata_l1_config_init(&cfg);
     cfg.capacity = BOUND_CAP;
+    if (ex)
+        cfg.executor = *ex;
     strata_l1 *c;
     assert_int_equal(strata_l1_create(&cfg, &c), STRATA_OK);
     _Atomic int violations = 0;
@@ -400,6 +504,76 @@ static void test_bound_under_concurrent_sets(void **state) {
     assert_true(st.cost >= BOUND_CAP / 2); /* it did fill up */
     assert_true(st.evictions[STRATA_L1_CAUSE_SIZE] > 0);
     strata_l1_destroy(&c);
+}
+
+static void test_bound_under_concurrent_sets(void **state) {
+    (void)state;
+    bound_under_sets(NULL);
+}
+
+/* With maintenance deferred to an executor, a set still evicts down to the
+ * capacity before it returns. */
+static void test_bound_with_executor(void **state) {
+    (void)state;
+    test_executor x;
+    executor_start(&x, 0);
+    strata_l1_executor ex = executor_of(&x);
+    bound_under_sets(&ex);
+    assert_true(atomic_load(&x.ran) > 0);
+    executor_stop(&x);
+}
+
+/* strata_l1_destroy waits for a task it handed over: here the task is held
+ * in a paused executor while destroy runs on another thread; destroy must
+ * not return (and free the cache) before the task has run.  If it did, the
+ * task would touch freed memory (AddressSanitizer) and destroyed would be
+ * set before the task ran. */
+typedef struct {
+    strata_l1 *c;
+    atomic_int destroyed;
+} destroy_arg;
+
+static void *destroyer(void *p) {
+    destroy_arg *a = p;
+    strata_l1_destroy(&a->c);
+    atomic_store(&a->destroyed, 1);
+    return NULL;
+}
+
+static void test_destroy_waits_for_executor_task(void **state) {
+    (void)state;
+    test_executor x;
+    executor_start(&x, 1);
+    strata_l1_config cfg;
+    strata_l1_config_init(&cfg);
+    cfg.capacity = 100;
+    cfg.executor = executor_of(&x);
+    destroy_arg a = {NULL, 0};
+    assert_int_equal(strata_l1_create(&cfg, &a.c), STRATA_OK);
+    char k[16], buf[8];
+    for (int i = 0; i < 100; i++) {
+        snprintf(k, sizeof k, "d%d", i);
+        assert_int_equal(strata_l1_set(a.c, k, strlen(k), "v", 1, NULL), STRATA_OK);
+    }
+    for (int r = 0; r < 4; r++) /* fill the read buffer past half: queues a task */
+        for (int i = 0; i < 100; i++) {
+            snprintf(k, sizeof k, "d%d", i);
+            (void)strata_l1_get_copy(a.c, k, strlen(k), buf, sizeof buf, NULL);
+        }
+    pthread_mutex_lock(&x.mu);
+    unsigned queued = x.tail - x.head;
+    pthread_mutex_unlock(&x.mu);
+    assert_true(queued >= 1);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, destroyer, &a), 0);
+    for (int i = 0; i < 100; i++)
+        sched_yield(); /* give destroy a chance to run ahead (it must not) */
+    assert_int_equal(atomic_load(&a.destroyed), 0);
+    executor_set_paused(&x, 0);
+    pthread_join(th, NULL);
+    assert_int_equal(atomic_load(&a.destroyed), 1);
+    assert_true(atomic_load(&x.ran) >= 1);
+    executor_stop(&x);
 }
 
 /* ---- read counters with more threads than stripes ------------------------ */
@@ -471,6 +645,9 @@ static void test_read_counts_exact_with_many_threads(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refs_survive_concurrent_eviction),
+        cmocka_unit_test(test_refs_survive_with_executor),
+        cmocka_unit_test(test_bound_with_executor),
+        cmocka_unit_test(test_destroy_waits_for_executor_task),
         cmocka_unit_test(test_singleflight_contention),
         cmocka_unit_test(test_invalidation_races_load),
         cmocka_unit_test(test_bound_under_concurrent_sets),
