@@ -102,15 +102,22 @@ typedef struct {
     void *arg[EXEC_RING];
     _Atomic unsigned tail;
     unsigned head;
-    int quit, sleeping;
+    _Atomic int quit;
+    int sleeping;
     pthread_t th;
 } bench_executor;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 
 static void *exec_main(void *p) {
     bench_executor *x = p;
     for (;;) {
         for (int i = 0; i < EXEC_SPIN && atomic_load(&x->tail) == x->head && !x->quit; i++)
-            __builtin_ia32_pause();
+            cpu_relax();
         pthread_mutex_lock(&x->mu);
         while (atomic_load(&x->tail) == x->head && !x->quit) {
             x->sleeping = 1;
