@@ -166,9 +166,8 @@ static inline void locate(const l1_sketch *s, uint32_t hash, l1_sketch_pos *p) {
     }
 }
 
-static inline int row_shift(const l1_sketch_pos *p, int i) {
-    return (int)(((p->spread & 3) << 2) + (uint32_t)i) << 2;
-}
+/* The bit offset of row 0's counter in its word; row i's is 4 i further. */
+static inline int group_shift(const l1_sketch_pos *p) { return (int)(p->spread & 3) << 4; }
 
 /* Adds one to the 4-bit counter at bit sh of *w unless it is saturated. */
 static inline bool count_up(uint64_t *w, int sh) {
@@ -216,7 +215,7 @@ void l1__sketch_increment(l1_sketch *s, uint32_t hash) {
             s->door[p->door[i] >> 6] |= 1ULL << (p->door[i] & 63);
         added = true;
     } else {
-        int sh = (int)(p->spread & 3) << 4; /* row i's counter: bits sh + 4i .. sh + 4i + 3 */
+        int sh = group_shift(p);
         added |= count_up(&s->table[p->word[0]], sh);
         added |= count_up(&s->table[p->word[1]], sh + 4);
         added |= count_up(&s->table[p->word[2]], sh + 8);
@@ -235,7 +234,7 @@ int l1__sketch_frequency(const l1_sketch *s, uint32_t hash) {
     }
     int f = 15;
     for (int i = 0; i < 4; i++) {
-        int c = (int)((s->table[p->word[i]] >> row_shift(p, i)) & 0xf);
+        int c = (int)((s->table[p->word[i]] >> (group_shift(p) + 4 * i)) & 0xf);
         if (c < f)
             f = c;
     }
