@@ -228,14 +228,19 @@ static void test_refs_survive_concurrent_eviction(void **state) {
     refs_survive(NULL);
 }
 
-static void test_refs_survive_with_executor(void **state) {
-    (void)state;
+/* Runs body with maintenance on an executor thread, which must have run tasks. */
+static void with_executor(void (*body)(const strata_l1_executor *ex)) {
     test_executor x;
     executor_start(&x, 0);
     strata_l1_executor ex = executor_of(&x);
-    refs_survive(&ex);
+    body(&ex);
     assert_true(atomic_load(&x.ran) > 0); /* maintenance did run there */
     executor_stop(&x);
+}
+
+static void test_refs_survive_with_executor(void **state) {
+    (void)state;
+    with_executor(refs_survive);
 }
 
 /* ---- singleflight with completion on another thread ------------------------ */
@@ -515,12 +520,7 @@ static void test_bound_under_concurrent_sets(void **state) {
  * capacity before it returns. */
 static void test_bound_with_executor(void **state) {
     (void)state;
-    test_executor x;
-    executor_start(&x, 0);
-    strata_l1_executor ex = executor_of(&x);
-    bound_under_sets(&ex);
-    assert_true(atomic_load(&x.ran) > 0);
-    executor_stop(&x);
+    with_executor(bound_under_sets);
 }
 
 /* strata_l1_destroy waits for a task it handed over: here the task is held
