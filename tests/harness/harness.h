@@ -283,7 +283,8 @@ char *sh_http_expect(uint16_t port, const char *method, const char *path, const 
 void sh_http_expect_code(uint16_t port, const char *method, const char *path, const char *body,
                          bool admin, int want, const char *code);
 
-/** A header's value in a response (static buffer, "" when absent). */
+/** A header's value in a response ("" when absent), in a per-thread buffer valid until
+ * this thread's next call. */
 const char *sh_http_header(const sh_http_resp *resp, const char *name);
 
 #endif

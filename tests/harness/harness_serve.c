@@ -227,7 +227,10 @@ void sh_http_free(sh_http_resp *resp) {
 }
 
 const char *sh_http_header(const sh_http_resp *resp, const char *name) {
-    static char value[512];
+    /* Per thread: drills call this from many client threads at once, and a
+     * shared buffer let one thread's reset blank another's found header (a
+     * 503 then counted as "without Retry-After"). */
+    static _Thread_local char value[512];
     value[0] = '\0';
     size_t n = strlen(name);
     for (const char *p = resp->headers; p && *p;) {
